@@ -1,0 +1,1 @@
+"""Adapters from each CLIP library to :class:`clip_service.clip_model.ClipModel`."""

@@ -1,0 +1,49 @@
+"""open_clip models: ``ARCH:tag``, ``hf-hub:org/repo`` and ``local-dir:PATH`` specs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import open_clip
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+from ..clip_model import ClipModel, log_to_scale
+from ..preprocess import PreprocessConfig
+from ..specs import ClipSpec
+
+
+class OpenClipModel(ClipModel):
+    def __init__(self, spec: ClipSpec, device: torch.device, dtype: torch.dtype) -> None:
+        self.spec, self.device, self.dtype = spec, device, dtype
+        model, _, _ = open_clip.create_model_and_transforms(
+            spec.name,
+            pretrained=spec.pretrained,
+            precision="fp16" if dtype == torch.float16 else "fp32",
+            device=device,
+        )
+        self.model = model.eval()
+        self.tokenizer = open_clip.get_tokenizer(spec.name)
+        self.context_length = int(self.tokenizer.context_length)
+        self.embedding_size = int(self.encode_texts([""]).shape[-1])
+
+    @property
+    def logit_scale(self) -> float:
+        return log_to_scale(self.model.logit_scale)
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(kind="open_clip", params=dict(self.model.visual.preprocess_cfg))
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        return self.model.encode_text(tokens)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        if isinstance(self.tokenizer, SimpleTokenizer):
+            return [len(self.tokenizer.encode(text)) + 2 for text in texts]
+        # open_clip's HFTokenizer wraps a transformers tokenizer that adds its own markers.
+        return [len(ids) for ids in self.tokenizer.tokenizer(list(texts))["input_ids"]]

@@ -1,0 +1,137 @@
+"""ASGI middlewares of the entry service: the request body guard and the one error shape."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_body, normalize_error_body
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class BodyGuard:
+    """Read the body once, enforcing ``max_bytes`` (413), and make body errors 4xx.
+
+    * Routes in ``raw_body_routes`` take the body as bytes whatever the client's
+      ``Content-Type`` (curl's default form type included): it is set to octet-stream.
+    * BentoML answers a body that is not valid JSON with a 500; the guard checks the JSON
+      only then (no cost on the good path) and answers 400 naming the parse error.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, raw_body_routes: Iterable[str]) -> None:
+        self.app, self.max_bytes = app, max_bytes
+        self.raw_body_routes = frozenset(raw_body_routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await send_json(send, 413, error_body(f"body: larger than {self.max_bytes} bytes"))
+            return
+        if scope["path"] in self.raw_body_routes:
+            scope = {**scope, "headers": _with_content_type(scope["headers"])}
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        json_error = None
+
+        async def checking_send(message: Message) -> None:
+            nonlocal json_error
+            if message["type"] == "http.response.start" and message["status"] == 500:
+                json_error = _json_error(scope, body)
+                if json_error:
+                    await send_json(send, 400, error_body(f"body: invalid JSON ({json_error})"))
+                    return
+            if json_error is None:
+                await send(message)
+
+        await self.app(scope, replay, checking_send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return None
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _with_content_type(headers: Headers) -> Headers:
+    kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
+    return [*kept, (b"content-type", b"application/octet-stream")]
+
+
+def _json_error(scope: Scope, body: bytes) -> str | None:
+    content_type = dict(scope["headers"]).get(b"content-type", b"application/json")
+    if not content_type.split(b";")[0].strip().endswith(b"json"):
+        return None
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+class ErrorShape:
+    """Rewrite every 4xx JSON response into ``{"error": "<field>: <problem>", ...}``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def rewriting_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                start = message
+            elif start is None or message["type"] != "http.response.body":
+                await send(message)
+            else:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body = _rewrite(b"".join(chunks))
+                    await send_json(send, start["status"], body, start["headers"])
+
+        await self.app(scope, receive, rewriting_send)
+
+
+def _rewrite(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw) if raw else ""
+    except ValueError:
+        body = raw.decode("utf-8", "replace").strip()
+    return normalize_error_body(body)
+
+
+async def send_json(send: Send, status: int, body: dict, headers: Headers = ()) -> None:
+    """Send a JSON response, keeping ``headers`` other than the content ones."""
+    payload = json.dumps(body).encode()
+    kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
+    kept += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    await send({"type": "http.response.start", "status": status, "headers": kept})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,55 @@
+"""Request and response bodies of the HTTP API (pydantic, so Swagger shows them)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .settings import get_settings
+
+_settings = get_settings()
+
+Text = Annotated[str, Field(min_length=1, max_length=_settings.max_text_chars)]
+
+
+class Item(BaseModel):
+    """One input of the clip-api-service contract: a text, an image URL or a base64 image."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"text": "a photo of a cat"}]},
+    )
+
+    text: Text | None = None
+    img_uri: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
+    img_blob: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="base64 image, plain or as a data:image/...;base64, URI"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Item:
+        given = [name for name in ("text", "img_uri", "img_blob") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("exactly one of text, img_uri, img_blob is required")
+        return self
+
+
+Items = Annotated[list[Item], Field(min_length=1, max_length=_settings.max_items)]
+
+
+class RankResult(BaseModel):
+    probabilities: list[list[float]] = Field(
+        description="per query, softmax over the candidates of logit_scale * cosine"
+    )
+    cosine_similarities: list[list[float]]
+
+
+class VectorResult(BaseModel):
+    vector: list[float]
+
+
+class BatchSettings(BaseModel):
+    image_max_batch_size: int
+    text_max_batch_size: int
+    max_latency_ms: int

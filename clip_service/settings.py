@@ -1,0 +1,41 @@
+"""Server settings, read once from the environment (names are the upper-case field names).
+
+Every setting is documented in the README ("Settings"); the defaults are safe for a
+public deployment on a small CPU machine.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
+
+    clip_model: str = "ViT-B-32:openai"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    # Adaptive batching of the ClipEncoder service. max_latency_ms is BentoML's latency
+    # *budget*: a request is shed with 503 when queue wait + predicted batch time exceeds it,
+    # so it is sized for a 64-client burst on a 2-core CPU, not as a wait window.
+    image_max_batch_size: int = Field(32, ge=1)
+    text_max_batch_size: int = Field(2048, ge=1)
+    max_latency_ms: int = Field(60_000, ge=1)
+    encoder_workers: int = Field(1, ge=1)
+
+    # Input limits (README, "Limits").
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_items: int = Field(1024, ge=1)
+    max_text_chars: int = Field(4096, ge=1)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    url_timeout_s: float = Field(10.0, gt=0)
+    url_max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

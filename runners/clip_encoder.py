@@ -1,0 +1,58 @@
+"""ClipEncoder: the CLIP image and text towers as a BentoML service with adaptive batching.
+
+Requests from every caller are micro-batched per API (``max_batch_size`` /
+``max_latency_ms`` from settings). Inputs arrive validated and preprocessed by the entry
+service, so one request can never fail the others in its batch.
+"""
+
+from __future__ import annotations
+
+import bentoml
+import numpy as np
+
+from clip_service.clip_model import ModelInfo, load_clip_model
+from clip_service.settings import get_settings
+from clip_service.specs import parse_clip_spec
+
+settings = get_settings()
+
+# BentoML recycles dependency connections every 100 requests / 300 s by default and kills
+# calls in flight when it does (HTTP 500 under load); effectively never recycle.
+NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}
+
+
+@bentoml.service(
+    name="ClipEncoder",
+    workers=settings.encoder_workers,
+    traffic={"timeout": settings.max_latency_ms / 1000 + 60},
+    runner_connection=NEVER_RECYCLE,
+)
+class ClipEncoder:
+    def __init__(self) -> None:
+        self.model = load_clip_model(parse_clip_spec(settings.clip_model), settings.device)
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.image_max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, 3, H, W) preprocessed pixels -> (n, d) raw image embeddings."""
+        return self.model.encode_images(pixels)
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.text_max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> (n, d) raw text embeddings (truncated to the model's context)."""
+        return self.model.encode_texts(texts)
+
+    @bentoml.api
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return self.model.count_tokens(texts)
+
+    @bentoml.api
+    def info(self) -> ModelInfo:
+        return self.model.info()
