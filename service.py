@@ -9,7 +9,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from clip_service.encoding import ItemEncoder
-from clip_service.errors import InvalidInput
 from clip_service.middleware import BodyGuard, ErrorShape
 from clip_service.ranking import rank
 from clip_service.schemas import BatchSettings, Items, RankResult, VectorResult
@@ -66,8 +65,6 @@ class ClipApi:
     @bentoml.api(route="/vectorize")
     async def vectorize(self, image: bytes, /) -> VectorResult:
         """Raw image bytes in the body (any Content-Type) -> its embedding."""
-        if not image:
-            raise InvalidInput("body", "empty body; send the image bytes")
         pixels = await self.items.pixels_from_bytes(image, "body")
         vectors = await self.items.encode_pixels([pixels])
         return VectorResult(vector=vectors[0].tolist())

@@ -115,13 +115,15 @@ def load_clip_model(spec: ClipSpec, device_setting: str = "auto") -> ClipModel:
 
 def unavailable_message(spec: ClipSpec, exc: BaseException) -> str:
     """One line: which model, why, and how to serve without a hub."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    if len(reason) > 160:
+        reason = reason[:160].rsplit(" ", 1)[0] + " ..."
     hint = (
         ""
         if spec.is_local
-        else " It is not in the local cache and the model hub could not be reached; "
-        "set CLIP_MODEL to a local directory instead (a transformers save_pretrained "
-        "directory, or local-dir:PATH for open_clip)."
+        else " If the model hub cannot be reached and the model is not cached, set "
+        "CLIP_MODEL to a local directory (a transformers save_pretrained directory, or "
+        "local-dir:PATH for an open_clip one)."
     )
     return f"Cannot load CLIP model {spec.raw!r}: {reason}.{hint}"
 

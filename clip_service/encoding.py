@@ -87,8 +87,6 @@ class ItemEncoder:
         results = await asyncio.gather(*calls)
         info = await self.model_info()
         out = np.empty((len(items), info.embedding_size), dtype=np.float32)
-        for positions, vectors in zip(
-            [p for p in (text_at, image_at) if p], results, strict=True
-        ):
+        for positions, vectors in zip([p for p in (text_at, image_at) if p], results, strict=True):
             out[positions] = vectors
         return out

@@ -16,7 +16,8 @@ class BodyGuard:
     """Read the body once, enforcing ``max_bytes`` (413), and make body errors 4xx.
 
     * Routes in ``raw_body_routes`` take the body as bytes whatever the client's
-      ``Content-Type`` (curl's default form type included): it is set to octet-stream.
+      ``Content-Type`` (curl's default form type included): it is set to octet-stream,
+      and an empty body is refused here (BentoML would hand the route a JSON default).
     * BentoML answers a body that is not valid JSON with a 500; the guard checks the JSON
       only then (no cost on the good path) and answers 400 naming the parse error.
     """
@@ -34,6 +35,9 @@ class BodyGuard:
             await send_json(send, 413, error_body(f"body: larger than {self.max_bytes} bytes"))
             return
         if scope["path"] in self.raw_body_routes:
+            if not body:
+                await send_json(send, 400, error_body("body: empty body; send the image bytes"))
+                return
             scope = {**scope, "headers": _with_content_type(scope["headers"])}
         replayed = False
 

@@ -18,9 +18,9 @@ def rank(
     ``logit_scale`` is the model's own (already exponentiated) temperature, so the
     probabilities are what the model's zero-shot classifier would give.
     """
-    cosine = l2_normalize(queries.astype(np.float64)) @ l2_normalize(
-        candidates.astype(np.float64)
-    ).T
+    cosine = (
+        l2_normalize(queries.astype(np.float64)) @ l2_normalize(candidates.astype(np.float64)).T
+    )
     logits = logit_scale * cosine
     logits -= logits.max(axis=1, keepdims=True)
     weights = np.exp(logits)

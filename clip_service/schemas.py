@@ -16,10 +16,7 @@ Text = Annotated[str, Field(min_length=1, max_length=_settings.max_text_chars)]
 class Item(BaseModel):
     """One input of the clip-api-service contract: a text, an image URL or a base64 image."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"text": "a photo of a cat"}]},
-    )
+    model_config = ConfigDict(extra="forbid")
 
     text: Text | None = None
     img_uri: Annotated[str, Field(min_length=1, max_length=8192)] | None = None

@@ -10,9 +10,10 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.clip_model import ModelInfo, load_clip_model
+from clip_service.clip_model import ModelInfo, ModelUnavailableError, load_clip_model
+from clip_service.hub import fetch_clip_files
 from clip_service.settings import get_settings
-from clip_service.specs import parse_clip_spec
+from clip_service.specs import ModelSpecError, parse_clip_spec
 
 settings = get_settings()
 
@@ -28,6 +29,14 @@ NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}
     runner_connection=NEVER_RECYCLE,
 )
 class ClipEncoder:
+    @bentoml.on_deployment
+    def fetch_model() -> None:
+        """Runs once in the serving process: download, or exit with one clear line."""
+        try:
+            fetch_clip_files(parse_clip_spec(settings.clip_model))
+        except (ModelSpecError, ModelUnavailableError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+
     def __init__(self) -> None:
         self.model = load_clip_model(parse_clip_spec(settings.clip_model), settings.device)
 

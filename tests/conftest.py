@@ -1,0 +1,116 @@
+"""Shared fixtures: generated tiny models and real `bentoml serve` subprocesses on loopback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_service.tiny_models import make_all
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_all(tmp_path_factory.mktemp("models"))
+
+
+def make_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """A deterministic noisy RGB image (different seeds give clearly different images)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_env(tmp_home: Path, **env: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
+
+
+@contextmanager
+def served(tmp_home: Path, timeout_s: float = 180, **env: str) -> Iterator[str]:
+    """Run `bentoml serve` for the repository's bentofile on 127.0.0.1; yield its URL."""
+    port = free_port()
+    log = (tmp_home / f"serve-{port}.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=serve_env(tmp_home, **env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, timeout_s, log.name)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float, log: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{Path(log).read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"server not ready after {timeout_s}s:\n{Path(log).read_text()}")
+
+
+@pytest.fixture(scope="session")
+def open_clip_url(tiny_models, tmp_path_factory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("bentoml-open-clip")
+    with served(home, CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def hf_url(tiny_models, tmp_path_factory) -> Iterator[str]:
+    home = tmp_path_factory.mktemp("bentoml-hf")
+    with served(home, CLIP_MODEL=str(tiny_models["hf-clip"])) as url:
+        yield url

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from clip_service.errors import InvalidInput, normalize_error_body
+
+
+def test_bentoml_invalid_argument_list_is_unwrapped():
+    assert normalize_error_body([{"error": "x: bad"}]) == {"error": "x: bad"}
+
+
+def test_validation_error_names_the_field():
+    body = {
+        "error": "1 validation error for X",
+        "detail": [{"loc": ["root", 2, "text"], "msg": "Field required", "type": "missing"}],
+    }
+    shaped = normalize_error_body(body)
+    assert shaped["error"] == "body[2].text: Field required"
+    assert shaped["detail"] == body["detail"]
+    body["detail"][0]["loc"] = ["queries", 0, "img_blob"]
+    assert normalize_error_body(body)["error"] == "queries[0].img_blob: Field required"
+
+
+def test_other_bodies_become_the_shape():
+    assert normalize_error_body("plain text") == {"error": "plain text"}
+    assert normalize_error_body({"detail": "x"}) == {"error": "{'detail': 'x'}"}
+
+
+def test_invalid_input_message_and_status():
+    exc = InvalidInput("items[0].img_blob", "not valid base64")
+    assert str(exc) == "items[0].img_blob: not valid base64"
+    assert exc.error_code == 400

@@ -1,0 +1,41 @@
+"""Without hub access and without a local model, `bentoml serve` stops at once, clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, free_port, serve_env
+
+pytestmark = pytest.mark.served
+
+
+def _serve(tmp_path, **env: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1"]
+    return subprocess.run(
+        [*command, "--port", str(free_port())],
+        cwd=REPO,
+        env=serve_env(tmp_path, HF_HOME=str(tmp_path / "hf"), **env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_default_model_without_hub_exits_with_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLIP_MODEL", raising=False)
+    result = _serve(tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "Cannot load CLIP model" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "'ViT-B-32:openai'" in lines[0]
+    assert "set CLIP_MODEL to a local directory" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_spec_exits_naming_it(tmp_path):
+    result = _serve(tmp_path, CLIP_MODEL="/no/such/model")
+    assert result.returncode != 0
+    assert "error: '/no/such/model': no such directory" in result.stderr
