@@ -33,9 +33,11 @@ class TransformersClipModel(ClipModel):
         return self.model.get_image_features(pixel_values=pixels).pooler_output
 
     def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        # Padding to the longest text, not the context: CLIP's text tower is causal and
+        # pools at the end-of-text token, so trailing padding never changes the output.
         batch = self.tokenizer(
             list(texts),
-            padding="max_length",
+            padding=True,
             truncation=True,
             max_length=self.context_length,
             return_tensors="pt",
