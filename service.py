@@ -65,7 +65,7 @@ class ClipApi:
     @bentoml.api(route="/vectorize")
     async def vectorize(self, image: bytes, /) -> VectorResult:
         """Raw image bytes in the body (any Content-Type) -> its embedding."""
-        pixels = await self.items.pixels_from_bytes(image, "body")
+        pixels = await self.items.pixels(await self.items.decode(image, "body"))
         vectors = await self.items.encode_pixels([pixels])
         return VectorResult(vector=vectors[0].tolist())
 

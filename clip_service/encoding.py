@@ -13,10 +13,11 @@ from typing import Protocol
 
 import anyio.to_thread
 import numpy as np
+from PIL import Image
 
 from .clip_model import ModelInfo
 from .images import decode_base64, decode_image, fetch_url
-from .preprocess import Preprocessor, build_preprocessor
+from .remote import RemoteModel
 from .schemas import Item
 from .settings import Settings
 
@@ -32,34 +33,18 @@ class EncoderClient(Protocol):
 class ItemEncoder:
     def __init__(self, encoder: EncoderClient, settings: Settings) -> None:
         self.encoder, self.settings = encoder, settings
-        self._info: ModelInfo | None = None
-        self._preprocess: Preprocessor | None = None
-        self._lock = asyncio.Lock()
+        # A dependency client's methods appear only once it has connected: look up late.
+        self.model = RemoteModel(lambda: self.encoder.info())
 
     async def model_info(self) -> ModelInfo:
-        """The encoder's model description, fetched once (the encoder owns the model)."""
-        if self._info is None:
-            async with self._lock:
-                if self._info is None:
-                    info = await self.encoder.info()
-                    self._preprocess = build_preprocessor(info.preprocess)
-                    self._info = info
-        return self._info
+        return await self.model.info()
 
-    async def pixels_from_bytes(self, data: bytes, field: str) -> np.ndarray:
-        """Decode and preprocess off the event loop (Pillow releases the GIL)."""
-        await self.model_info()
-        return await anyio.to_thread.run_sync(self._decode_and_preprocess, data, field)
-
-    def _decode_and_preprocess(self, data: bytes, field: str) -> np.ndarray:
-        image = decode_image(data, field, max_pixels=self.settings.max_image_pixels)
-        assert self._preprocess is not None
-        return self._preprocess(image)
-
-    async def item_pixels(self, item: Item, field: str) -> np.ndarray:
+    async def load_image(self, item: Item, field: str) -> Image.Image:
+        """An image item (base64 or URL) -> a decoded RGB image; errors name ``field``."""
         if item.img_blob is not None:
-            data = decode_base64(item.img_blob, f"{field}.img_blob")
-            return await self.pixels_from_bytes(data, f"{field}.img_blob")
+            return await self.decode(
+                decode_base64(item.img_blob, f"{field}.img_blob"), f"{field}.img_blob"
+            )
         assert item.img_uri is not None
         data = await fetch_url(
             item.img_uri,
@@ -67,7 +52,22 @@ class ItemEncoder:
             timeout_s=self.settings.url_timeout_s,
             max_bytes=self.settings.url_max_bytes,
         )
-        return await self.pixels_from_bytes(data, f"{field}.img_uri")
+        return await self.decode(data, f"{field}.img_uri")
+
+    async def decode(self, data: bytes, field: str) -> Image.Image:
+        """Decode off the event loop (Pillow releases the GIL)."""
+        max_pixels = self.settings.max_image_pixels
+        return await anyio.to_thread.run_sync(
+            lambda: decode_image(data, field, max_pixels=max_pixels)
+        )
+
+    async def pixels(self, image: Image.Image) -> np.ndarray:
+        """The model's own preprocessing, off the event loop."""
+        _, preprocess = await self.model.get()
+        return await anyio.to_thread.run_sync(preprocess, image)
+
+    async def item_pixels(self, item: Item, field: str) -> np.ndarray:
+        return await self.pixels(await self.load_image(item, field))
 
     async def encode_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         return await self.encoder.encode_images(np.stack(pixels))

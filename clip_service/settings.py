@@ -7,6 +7,7 @@ public deployment on a small CPU machine.
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -26,6 +27,18 @@ class Settings(BaseSettings):
     text_max_batch_size: int = Field(2048, ge=1)
     max_latency_ms: int = Field(60_000, ge=1)
     encoder_workers: int = Field(1, ge=1)
+
+    # BLIP captioner service; generation defaults are clip-interrogator 0.6.0's.
+    caption_model: str = "blip-base"
+    caption_max_batch_size: int = Field(8, ge=1)
+    caption_workers: int = Field(1, ge=1)
+    caption_max_new_tokens: int = Field(32, ge=1)
+    caption_num_beams: int | None = Field(None, ge=1)
+    caption_min_length: int | None = Field(None, ge=0)
+    caption_repetition_penalty: float | None = Field(None, gt=0)
+
+    # Interrogation label-table embeddings, one safetensors file per model and table.
+    label_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "label-embeddings"
 
     # Input limits (README, "Limits").
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
