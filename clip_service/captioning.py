@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from clip_interrogator.clip_interrogator import CAPTION_MODELS
 from PIL import Image
+from pydantic import BaseModel
 from transformers import (
     AutoConfig,
     AutoProcessor,
@@ -30,11 +31,13 @@ from transformers import (
 )
 
 from .clip_model import ModelUnavailableError
+from .preprocess import PreprocessConfig
 from .specs import ModelSpecError
 
 __all__ = [
     "CaptionPreprocessor",
     "Captioner",
+    "CaptionerInfo",
     "GenerationSettings",
     "ModelUnavailableError",
     "resolve_caption_model",
@@ -107,6 +110,17 @@ class GenerationSettings:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
+class CaptionerInfo(BaseModel):
+    """What the entry service needs to know about the served captioner."""
+
+    spec: str
+    source: str
+    device: str
+    dtype: str
+    generation: dict[str, Any]
+    preprocess: PreprocessConfig
+
+
 class CaptionPreprocessor:
     """The CPU half of captioning: BLIP's processor without the model weights."""
 
@@ -172,6 +186,17 @@ class Captioner(CaptionPreprocessor):
         model = _from_pretrained(load_model, spec, source, config=config, dtype=dtype)
         processor = _from_pretrained(AutoProcessor.from_pretrained, spec, source)
         return cls(spec, source, processor, model.to(target).eval(), settings)
+
+    def info(self) -> CaptionerInfo:
+        image_processor = self.processor.image_processor
+        return CaptionerInfo(
+            spec=self.spec,
+            source=self.source,
+            device=str(self.device),
+            dtype=str(self.dtype).removeprefix("torch."),
+            generation=self.settings.generate_kwargs(),
+            preprocess=PreprocessConfig(kind="transformers", params=image_processor.to_dict()),
+        )
 
     def caption(self, images: Sequence[Image.Image]) -> list[str]:
         return self.caption_pixels(self.preprocess(images)) if images else []

@@ -8,8 +8,10 @@ raw texts, and returns the models' raw (un-normalised) embeddings as float32 num
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,17 +60,27 @@ class ClipModel(ABC):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def _text_features(self, texts: Sequence[str]) -> torch.Tensor: ...
+    def _tokenize(self, texts: list[str]) -> Any:
+        """Model inputs for ``texts``, truncated to the context (runs outside the lock)."""
+
+    @abstractmethod
+    def _text_features(self, tokens: Any) -> torch.Tensor: ...
 
     @abstractmethod
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts before truncation, start and end markers included."""
 
+    # One forward pass at a time per process: the image and text batchers run in threads, and
+    # concurrent passes would only split the same cores while making numerics depend on
+    # timing (kernels pick their blocking from the threads they get).
+    _forward_lock = threading.Lock()
+
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, d) float32 embeddings."""
         batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
-        features = self._image_features(batch.to(self.device, self.dtype))
+        with self._forward_lock:
+            features = self._image_features(batch.to(self.device, self.dtype))
         return features.float().cpu().numpy()
 
     @torch.inference_mode()
@@ -76,7 +88,10 @@ class ClipModel(ABC):
         """Texts -> (n, d) float32 embeddings; texts over the context are truncated."""
         if not texts:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        return self._text_features(list(texts)).float().cpu().numpy()
+        tokens = self._tokenize(list(texts))
+        with self._forward_lock:
+            features = self._text_features(tokens)
+        return features.float().cpu().numpy()
 
     def info(self) -> ModelInfo:
         return ModelInfo(

@@ -18,7 +18,7 @@ from PIL import Image
 from .clip_model import ModelInfo
 from .images import decode_base64, decode_image, fetch_url
 from .remote import RemoteModel
-from .schemas import Item
+from .schemas import ImageItem, Item
 from .settings import Settings
 
 
@@ -39,7 +39,7 @@ class ItemEncoder:
     async def model_info(self) -> ModelInfo:
         return await self.model.info()
 
-    async def load_image(self, item: Item, field: str) -> Image.Image:
+    async def load_image(self, item: Item | ImageItem, field: str) -> Image.Image:
         """An image item (base64 or URL) -> a decoded RGB image; errors name ``field``."""
         if item.img_blob is not None:
             return await self.decode(

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .interrogation.interrogator import Mode
 from .settings import get_settings
 
 _settings = get_settings()
@@ -32,6 +33,23 @@ class Item(BaseModel):
         return self
 
 
+class ImageItem(BaseModel):
+    """An image: an http(s) URL or base64 bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    img_uri: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
+    img_blob: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="base64 image, plain or as a data:image/...;base64, URI"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageItem:
+        if (self.img_uri is None) == (self.img_blob is None):
+            raise ValueError("exactly one of img_uri, img_blob is required")
+        return self
+
+
 Items = Annotated[list[Item], Field(min_length=1, max_length=_settings.max_items)]
 
 
@@ -44,6 +62,35 @@ class RankResult(BaseModel):
 
 class VectorResult(BaseModel):
     vector: list[float]
+
+
+class CaptionResult(BaseModel):
+    caption: str
+
+
+class InterrogateResult(BaseModel):
+    prompt: str
+    caption: str | None = Field(
+        description="the caption the prompt starts from (none in negative mode)"
+    )
+    mode: Mode
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="cosine similarity of the label to the image")
+
+
+class AnalyzeResult(BaseModel):
+    mediums: list[LabelScore]
+    artists: list[LabelScore]
+    movements: list[LabelScore]
+    trendings: list[LabelScore]
+    flavors: list[LabelScore]
+
+
+class TextResult(BaseModel):
+    text: str
 
 
 class BatchSettings(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -80,7 +81,8 @@ def served(tmp_home: Path, timeout_s: float = 180, **env: str) -> Iterator[str]:
         _wait_ready(url, process, timeout_s, log.name)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
@@ -105,12 +107,14 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float, log: str)
 @pytest.fixture(scope="session")
 def open_clip_url(tiny_models, tmp_path_factory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("bentoml-open-clip")
-    with served(home, CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}") as url:
+    clip = f"local-dir:{tiny_models['open-clip']}"
+    with served(home, CLIP_MODEL=clip, CAPTION_MODEL=str(tiny_models["blip"])) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
 def hf_url(tiny_models, tmp_path_factory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("bentoml-hf")
-    with served(home, CLIP_MODEL=str(tiny_models["hf-clip"])) as url:
+    clip = str(tiny_models["hf-clip"])
+    with served(home, CLIP_MODEL=clip, CAPTION_MODEL=str(tiny_models["blip"])) as url:
         yield url

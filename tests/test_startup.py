@@ -24,9 +24,9 @@ def _serve(tmp_path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_default_model_without_hub_exits_with_one_clear_line(tmp_path, monkeypatch):
+def test_default_model_without_hub_exits_with_one_clear_line(tmp_path, monkeypatch, tiny_models):
     monkeypatch.delenv("CLIP_MODEL", raising=False)
-    result = _serve(tmp_path)
+    result = _serve(tmp_path, CAPTION_MODEL=str(tiny_models["blip"]))
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if "Cannot load CLIP model" in line]
     assert len(lines) == 1, result.stderr[-3000:]
@@ -35,7 +35,19 @@ def test_default_model_without_hub_exits_with_one_clear_line(tmp_path, monkeypat
     assert "Traceback" not in result.stderr
 
 
-def test_bad_spec_exits_naming_it(tmp_path):
-    result = _serve(tmp_path, CLIP_MODEL="/no/such/model")
+def test_default_caption_model_without_hub_exits_with_one_clear_line(
+    tmp_path, monkeypatch, tiny_models
+):
+    monkeypatch.delenv("CAPTION_MODEL", raising=False)
+    result = _serve(tmp_path, CLIP_MODEL=str(tiny_models["hf-clip"]))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if "Cannot load caption model" in line]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "'blip-base'" in lines[0] and "Set CAPTION_MODEL to a local directory" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_spec_exits_naming_it(tmp_path, tiny_models):
+    result = _serve(tmp_path, CLIP_MODEL="/no/such/model", CAPTION_MODEL=str(tiny_models["blip"]))
     assert result.returncode != 0
     assert "error: '/no/such/model': no such directory" in result.stderr

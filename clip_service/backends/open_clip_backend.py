@@ -38,9 +38,11 @@ class OpenClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        return self.model.encode_text(tokens)
+    def _tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts)
+
+    def _text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens.to(self.device))
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if isinstance(self.tokenizer, SimpleTokenizer):

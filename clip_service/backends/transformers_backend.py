@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoImageProcessor, AutoTokenizer, BatchEncoding, CLIPModel
 
 from ..clip_model import ClipModel, log_to_scale
 from ..preprocess import PreprocessConfig
@@ -32,17 +32,19 @@ class TransformersClipModel(ClipModel):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values=pixels).pooler_output
 
-    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+    def _tokenize(self, texts: list[str]) -> BatchEncoding:
         # Padding to the longest text, not the context: CLIP's text tower is causal and
         # pools at the end-of-text token, so trailing padding never changes the output.
-        batch = self.tokenizer(
-            list(texts),
+        return self.tokenizer(
+            texts,
             padding=True,
             truncation=True,
             max_length=self.context_length,
             return_tensors="pt",
-        ).to(self.device)
-        return self.model.get_text_features(**batch).pooler_output
+        )
+
+    def _text_features(self, tokens: BatchEncoding) -> torch.Tensor:
+        return self.model.get_text_features(**tokens.to(self.device)).pooler_output
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]

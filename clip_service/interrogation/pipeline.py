@@ -1,0 +1,101 @@
+"""The entry service's interrogation: image -> CLIP features and BLIP caption -> prompt.
+
+The algorithm (:mod:`.interrogator`) runs here, next to the HTTP layer; every model call
+goes to the batched model services, so interrogations from all callers share batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from ..captioning import CaptionerInfo
+from ..encoding import EncoderClient, ItemEncoder
+from ..remote import RemoteModel
+from .interrogator import Interrogator, Mode
+from .label_cache import LabelCache
+from .labels import read_label_tables
+
+
+class CaptionerClient(Protocol):
+    """The async API of the ``BlipCaptioner`` service."""
+
+    async def caption(self, pixels: np.ndarray) -> list[str]: ...
+    async def info(self) -> CaptionerInfo: ...
+
+
+class EncoderTextTower:
+    """The interrogator's ``TextEncoder``, served by the ``ClipEncoder`` service."""
+
+    def __init__(self, client: EncoderClient, context_length: int) -> None:
+        self.client, self.context_length = client, context_length
+
+    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return await self.client.encode_texts(list(texts))
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return await self.client.count_tokens(list(texts))
+
+
+class InterrogationPipeline:
+    def __init__(
+        self, items: ItemEncoder, captioner: CaptionerClient, label_cache_dir: Path
+    ) -> None:
+        self.items, self.captioner_client = items, captioner
+        self.captioner = RemoteModel(lambda: self.captioner_client.info())
+        self.label_cache_dir = label_cache_dir
+        self._interrogator: asyncio.Task[Interrogator] | None = None
+
+    def interrogator(self) -> asyncio.Task[Interrogator]:
+        """The interrogator, its label tables loaded or built once (concurrent callers share
+        the build; a failed build is retried by the next caller)."""
+        task = self._interrogator
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = self._interrogator = asyncio.create_task(self._load_interrogator())
+        return task
+
+    async def _load_interrogator(self) -> Interrogator:
+        info = await self.items.model_info()
+        tower = EncoderTextTower(self.items.encoder, info.context_length)
+        cache = LabelCache(self.label_cache_dir, info.spec, tower.encode_texts)
+        tables = await cache.embed_all(read_label_tables())
+        return Interrogator(tower, tables)
+
+    async def caption(self, image: Image.Image) -> str:
+        _, preprocess = await self.captioner.get()
+        pixels = await asyncio.to_thread(preprocess, image)
+        return (await self.captioner_client.caption(pixels[None]))[0]
+
+    async def features(self, image: Image.Image) -> np.ndarray:
+        return (await self.items.encode_pixels([await self.items.pixels(image)]))[0]
+
+    async def interrogate(
+        self,
+        image: Image.Image,
+        mode: Mode,
+        caption: str | None,
+        min_flavors: int,
+        max_flavors: int | None,
+    ) -> tuple[str, str | None]:
+        """(prompt, caption used). The caption is generated while CLIP encodes the image,
+        unless given or not needed (negative mode)."""
+        needs_caption = mode is not Mode.NEGATIVE and not caption
+        jobs = [self.features(image), self.interrogator()]
+        if needs_caption:
+            jobs.append(self.caption(image))
+        features, interrogator, *generated = await asyncio.gather(*jobs)
+        if generated:
+            caption = generated[0]
+        prompt = await interrogator.interrogate(
+            features, mode, caption=caption, min_flavors=min_flavors, max_flavors=max_flavors
+        )
+        return prompt, caption if mode is not Mode.NEGATIVE else None
+
+    async def analyze(self, image: Image.Image, top_k: int) -> dict[str, list[tuple[str, float]]]:
+        features, interrogator = await asyncio.gather(self.features(image), self.interrogator())
+        return await interrogator.analyze(features, top_k)

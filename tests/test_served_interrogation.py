@@ -1,0 +1,141 @@
+"""Served interrogation equals clip-interrogator 0.6.0 in process, on the same tiny models."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+import open_clip
+import pytest
+from clip_interrogator import Config
+from clip_interrogator import Interrogator as LibraryInterrogator
+from transformers import AutoProcessor, BlipForConditionalGeneration
+
+from tests.conftest import b64, image_bytes, make_image, served
+
+pytestmark = pytest.mark.served
+
+IMAGE = make_image(7, (300, 220))
+MODES = ["best", "classic", "fast", "negative"]
+
+
+@pytest.fixture(scope="module")
+def library(tiny_models, tmp_path_factory) -> LibraryInterrogator:
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        f"local-dir:{tiny_models['open-clip']}"
+    )
+    config = Config(
+        clip_model_name="ViT-B-32/tiny",  # picks the standard CLIP tokenizer, like the model's
+        cache_path=str(tmp_path_factory.mktemp("library-cache")),
+        download_cache=False,
+        device="cpu",
+        quiet=True,
+    )
+    # 0.6.0 takes injected models as plain (non-init) attributes of its Config.
+    config.clip_model, config.clip_preprocess = model.eval(), preprocess
+    config.caption_model = BlipForConditionalGeneration.from_pretrained(tiny_models["blip"])
+    config.caption_processor = AutoProcessor.from_pretrained(tiny_models["blip"])
+    return LibraryInterrogator(config)
+
+
+@pytest.fixture(scope="module")
+def label_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("label-cache")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, label_cache, tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml-interrogate")
+    with served(
+        home,
+        CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
+        CAPTION_MODEL=str(tiny_models["blip"]),
+        LABEL_CACHE_DIR=str(label_cache),
+    ) as url:
+        yield url
+
+
+def _post(url: str, route: str, **body) -> dict:
+    body = {"image": {"img_blob": b64(image_bytes(IMAGE))}, **body}
+    response = httpx.post(f"{url}{route}", json=body, timeout=600)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_caption_equals_library(server, library):
+    assert _post(server, "/caption")["caption"] == library.generate_caption(IMAGE)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prompt_equals_library(server, library, mode):
+    expected = {
+        "best": library.interrogate,
+        "classic": library.interrogate_classic,
+        "fast": library.interrogate_fast,
+        "negative": library.interrogate_negative,
+    }[mode](IMAGE)
+    body = _post(server, "/interrogate", mode=mode)
+    assert body["prompt"] == expected
+    assert body["mode"] == mode
+    caption = library.generate_caption(IMAGE)
+    assert body["caption"] == (None if mode == "negative" else caption)
+
+
+def test_given_caption_is_used(server, library):
+    body = _post(server, "/interrogate", mode="fast", caption="a red square")
+    assert body["prompt"] == library.interrogate_fast(IMAGE, caption="a red square")
+    assert body["caption"] == "a red square"
+
+
+def test_extract_text_is_the_best_prompt(server, library):
+    response = httpx.post(f"{server}/extract_text", content=image_bytes(IMAGE), timeout=600)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"text": library.interrogate(IMAGE)}
+
+
+def test_analyze_ranks_each_table(server, library):
+    body = _post(server, "/analyze", top_k=3)
+    features = library.image_to_features(IMAGE)
+    assert [x["label"] for x in body["mediums"]] == library.mediums.rank(features, 3)
+    assert [x["label"] for x in body["flavors"]] == library.flavors.rank(features, 3)
+    for name in ("mediums", "artists", "movements", "trendings", "flavors"):
+        scores = [x["score"] for x in body[name]]
+        assert len(scores) == 3 and all(-1 <= s <= 1 for s in scores)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"mode": "best"}, r"^image: Field required"),
+        ({"image": {"img_blob": "eA"}}, r"^image\.img_blob: not valid base64"),
+        ({"image": {}}, r"^image: Value error, exactly one of img_uri, img_blob"),
+        ({"image": {"img_uri": "https://x"}, "mode": "worst"}, r"^mode: Input should be"),
+        ({"image": {"img_uri": "https://x"}, "max_flavors": 0}, r"^max_flavors: Input should"),
+        (
+            {"image": {"img_blob": b64(image_bytes(IMAGE))}, "min_flavors": 9, "max_flavors": 3},
+            r"^min_flavors: must not exceed max_flavors",
+        ),
+    ],
+)
+def test_bad_interrogate_input_is_a_400(server, body, message):
+    response = httpx.post(f"{server}/interrogate", json=body)
+    assert response.status_code == 400, response.text
+    assert re.match(message, response.json()["error"]), response.json()
+
+
+def test_restart_reuses_the_label_cache(tiny_models, label_cache, server, tmp_path):
+    _post(server, "/interrogate", mode="fast")  # the tables exist once a prompt was made
+    files = {p: p.stat().st_mtime_ns for p in label_cache.glob("*.safetensors")}
+    assert len(files) == 6
+    with served(
+        tmp_path,
+        CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
+        CAPTION_MODEL=str(tiny_models["blip"]),
+        LABEL_CACHE_DIR=str(label_cache),
+    ) as url:
+        _post(url, "/interrogate", mode="fast")
+        log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert {p: p.stat().st_mtime_ns for p in label_cache.glob("*.safetensors")} == files
+    assert "Preprocessing" not in log  # no progress bar: nothing was encoded
+    assert log.count("label table") >= 6 and "loaded" in log
