@@ -15,5 +15,17 @@ curl -s "$url/rank" -H 'content-type: application/json' -d '{
   "candidates": [{"text": "a cat"}, {"text": "a dog"}, {"text": "a car"}]}'; echo
 echo "# vectorize"
 curl -s "$url/vectorize" --data-binary @"$image" | head -c 200; echo
+echo "# caption"
+curl -s "$url/caption" -H 'content-type: application/json' -d '{"image": {"img_blob": "'"$blob"'"}}'; echo
+for mode in fast classic negative best; do
+  echo "# interrogate ($mode)"
+  curl -s "$url/interrogate" -H 'content-type: application/json' \
+    -d '{"image": {"img_blob": "'"$blob"'"}, "mode": "'"$mode"'"}'; echo
+done
+echo "# analyze"
+curl -s "$url/analyze" -H 'content-type: application/json' \
+  -d '{"image": {"img_blob": "'"$blob"'"}, "top_k": 3}'; echo
+echo "# extract_text"
+curl -s "$url/extract_text" --data-binary @"$image"; echo
 echo "# a bad request: 400 with the error shape"
 curl -s "$url/encode" -H 'content-type: application/json' -d '[{"img_blob": "not base64!"}]'; echo
