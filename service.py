@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import bentoml
 from pydantic import Field
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
+from clip_service import form_routes
+from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.pipeline import InterrogationPipeline
 from clip_service.middleware import BodyGuard, ErrorShape
 from clip_service.ranking import rank
+from clip_service.request_ids import echo_headers, request_id
 from clip_service.schemas import (
     AnalyzeResult,
-    BatchSettings,
     CaptionResult,
+    ClassifyResult,
+    ClassScore,
     ImageItem,
     InterrogateResult,
     Items,
     RankResult,
+    Tag,
+    TagResult,
     Text,
     TextResult,
     VectorResult,
+    WearableResult,
 )
 from clip_service.settings import get_settings
 from runners.blip_captioner import BlipCaptioner
@@ -38,23 +42,11 @@ settings = get_settings()
 # Routes whose body is the raw image, whatever Content-Type the client declares.
 RAW_BODY_ROUTES = ("/vectorize", "/extract_text")
 MAX_FLAVORS = 128
+MAX_LABELS = 1000
+LabelSetName = Literal[tuple(LABEL_SETS)]
 
 
-async def model_route(request: Request) -> JSONResponse:
-    """GET /model: which models are served, where, and how requests are batched."""
-    service: ClipApi = bentoml.get_current_service()
-    info = await service.items.model_info()
-    batching = BatchSettings(
-        image_max_batch_size=settings.image_max_batch_size,
-        text_max_batch_size=settings.text_max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-    return JSONResponse(
-        {**info.model_dump(exclude={"preprocess"}), "batching": batching.model_dump()}
-    )
-
-
-@bentoml.asgi_app(Starlette(routes=[Route("/model", model_route, methods=["GET"])]))
+@bentoml.asgi_app(form_routes.app)
 @bentoml.service(
     name="ClipApi",
     traffic={"timeout": settings.max_latency_ms / 1000 + 120},
@@ -68,6 +60,7 @@ class ClipApi:
         self.interrogation = InterrogationPipeline(
             self.items, self.captioner.to_async, settings.label_cache_dir
         )
+        self.classifier = Classifier(self.items)
 
     @bentoml.api(route="/encode")
     async def encode(self, items: Items, /) -> list[list[float]]:
@@ -141,8 +134,65 @@ class ClipApi:
         prompt, _ = await self.interrogation.interrogate(decoded, Mode.BEST, None, 8, None)
         return TextResult(text=prompt)
 
+    @bentoml.api(route="/classify")
+    async def classify(
+        self,
+        image: ImageItem,
+        labels: Annotated[list[Text], Field(min_length=1, max_length=MAX_LABELS)] | None = None,
+        label_set: LabelSetName | None = None,
+        template: Annotated[str, Field(min_length=2, max_length=200)] = DEFAULT_TEMPLATE,
+        top_k: Annotated[int, Field(ge=1, le=MAX_LABELS)] = 5,
+    ) -> ClassifyResult:
+        """Zero-shot classification against ``labels`` (each put in ``template``) or a stored
+        ``label_set``; the top-k of each group with probability and cosine."""
+        if (labels is None) == (label_set is None):
+            raise InvalidInput("labels", "give either labels or label_set")
+        if template.count("{}") != 1:
+            raise InvalidInput("template", "must contain {} exactly once")
+        vector = await self.items.encode_image(await self.items.load_image(image, "image"))
+        scores = await self.classifier.classify(vector, labels, label_set, template)
+        kept, per_group = [], {}
+        for score in scores:
+            per_group[score.group] = per_group.get(score.group, 0) + 1
+            if per_group[score.group] <= top_k:
+                kept.append(ClassScore(**vars(score)))
+        return ClassifyResult(scores=kept)
+
+    @bentoml.api(route="/tag")
+    async def tag(self, file: Path, ctx: bentoml.Context) -> TagResult:
+        """Pet type and fur length of a multipart image in field ``file``."""
+        rid = self._request_id(ctx)
+        image = await self.items.decode(file.read_bytes(), "file")
+        scores = await self.classifier.classify(
+            await self.items.encode_image(image), label_set="pets"
+        )
+        best = {}
+        for score in scores:
+            best.setdefault(score.group, score)
+        tags = [Tag(label=s.label, confidence=s.probability, group=s.group) for s in best.values()]
+        return TagResult(request_id=rid, tags=tags)
+
+    @bentoml.api(route="/wearable")
+    async def wearable(self, file: Path, ctx: bentoml.Context) -> WearableResult:
+        """The top 3 of 20 wearable categories for a multipart image in field ``file``."""
+        rid = self._request_id(ctx)
+        image = await self.items.decode(file.read_bytes(), "file")
+        scores = await self.classifier.classify(
+            await self.items.encode_image(image), label_set="wearables"
+        )
+        return WearableResult(request_id=rid, top_categories=[s.label for s in scores[:3]])
+
+    @staticmethod
+    def _request_id(ctx: bentoml.Context) -> str:
+        rid = request_id(ctx.request.headers)
+        ctx.response.headers.update(echo_headers(rid))
+        return rid
+
 
 ClipApi.add_asgi_middleware(ErrorShape)
 ClipApi.add_asgi_middleware(
-    BodyGuard, max_bytes=settings.max_body_bytes, raw_body_routes=RAW_BODY_ROUTES
+    BodyGuard,
+    max_bytes=settings.max_body_bytes,
+    raw_body_routes=RAW_BODY_ROUTES,
+    file_fields={"/tag": "file", "/wearable": "file"},
 )

@@ -69,6 +69,10 @@ class ItemEncoder:
     async def item_pixels(self, item: Item, field: str) -> np.ndarray:
         return await self.pixels(await self.load_image(item, field))
 
+    async def encode_image(self, image: Image.Image) -> np.ndarray:
+        """One decoded image -> its raw embedding."""
+        return (await self.encode_pixels([await self.pixels(image)]))[0]
+
     async def encode_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
         return await self.encoder.encode_images(np.stack(pixels))
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body, normalize_error_body
@@ -18,13 +20,21 @@ class BodyGuard:
     * Routes in ``raw_body_routes`` take the body as bytes whatever the client's
       ``Content-Type`` (curl's default form type included): it is set to octet-stream,
       and an empty body is refused here (BentoML would hand the route a JSON default).
-    * BentoML answers a body that is not valid JSON with a 500; the guard checks the JSON
-      only then (no cost on the good path) and answers 400 naming the parse error.
+    * BentoML answers a body that is not valid JSON, or a form without the route's file
+      field (``file_fields``: route -> field), with a 500; only then (no cost on the good
+      path) the guard looks for those problems and answers 400 naming them.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, raw_body_routes: Iterable[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        raw_body_routes: Iterable[str],
+        file_fields: Mapping[str, str],
+    ) -> None:
         self.app, self.max_bytes = app, max_bytes
         self.raw_body_routes = frozenset(raw_body_routes)
+        self.file_fields = dict(file_fields)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -48,16 +58,16 @@ class BodyGuard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        json_error = None
+        problem = None
 
         async def checking_send(message: Message) -> None:
-            nonlocal json_error
+            nonlocal problem
             if message["type"] == "http.response.start" and message["status"] == 500:
-                json_error = _json_error(scope, body)
-                if json_error:
-                    await send_json(send, 400, error_body(f"body: invalid JSON ({json_error})"))
+                problem = await self._client_error(scope, body)
+                if problem:
+                    await send_json(send, 400, error_body(problem))
                     return
-            if json_error is None:
+            if problem is None:
                 await send(message)
 
         await self.app(scope, replay, checking_send)
@@ -78,6 +88,26 @@ class BodyGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+    async def _client_error(self, scope: Scope, body: bytes) -> str | None:
+        """What the client got wrong, if that is why the app failed."""
+        if json_error := _json_error(scope, body):
+            return f"body: invalid JSON ({json_error})"
+        field = self.file_fields.get(scope["path"])
+        if field and not await _has_file_field(scope, body, field):
+            return f"{field}: a multipart/form-data file field named {field!r} is required"
+        return None
+
+
+async def _has_file_field(scope: Scope, body: bytes, field: str) -> bool:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, receive).form()
+    except Exception:  # any unparsable form lacks the field
+        return False
+    return isinstance(form.get(field), UploadFile)
 
 
 def _with_content_type(headers: Headers) -> Headers:

@@ -93,6 +93,33 @@ class TextResult(BaseModel):
     text: str
 
 
+class ClassScore(BaseModel):
+    label: str
+    probability: float = Field(description="softmax over the label's group")
+    cosine: float
+    group: str | None = Field(description="the stored set's group; null for caller labels")
+
+
+class ClassifyResult(BaseModel):
+    scores: list[ClassScore] = Field(description="per group, most probable first")
+
+
+class Tag(BaseModel):
+    label: str
+    confidence: float
+    group: str
+
+
+class TagResult(BaseModel):
+    request_id: str
+    tags: list[Tag] = Field(description="the most probable pet type and fur length")
+
+
+class WearableResult(BaseModel):
+    request_id: str
+    top_categories: list[str]
+
+
 class BatchSettings(BaseModel):
     image_max_batch_size: int
     text_max_batch_size: int

@@ -16,6 +16,7 @@ from PIL import Image
 
 from ..captioning import CaptionerInfo
 from ..encoding import EncoderClient, ItemEncoder
+from ..once import Once
 from ..remote import RemoteModel
 from .interrogator import Interrogator, Mode
 from .label_cache import LabelCache
@@ -49,15 +50,8 @@ class InterrogationPipeline:
         self.items, self.captioner_client = items, captioner
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
         self.label_cache_dir = label_cache_dir
-        self._interrogator: asyncio.Task[Interrogator] | None = None
-
-    def interrogator(self) -> asyncio.Task[Interrogator]:
-        """The interrogator, its label tables loaded or built once (concurrent callers share
-        the build; a failed build is retried by the next caller)."""
-        task = self._interrogator
-        if task is None or (task.done() and (task.cancelled() or task.exception())):
-            task = self._interrogator = asyncio.create_task(self._load_interrogator())
-        return task
+        # The label tables are loaded or built once, by the first request that needs them.
+        self.interrogator = Once(self._load_interrogator)
 
     async def _load_interrogator(self) -> Interrogator:
         info = await self.items.model_info()
@@ -71,9 +65,6 @@ class InterrogationPipeline:
         pixels = await asyncio.to_thread(preprocess, image)
         return (await self.captioner_client.caption(pixels[None]))[0]
 
-    async def features(self, image: Image.Image) -> np.ndarray:
-        return (await self.items.encode_pixels([await self.items.pixels(image)]))[0]
-
     async def interrogate(
         self,
         image: Image.Image,
@@ -85,7 +76,7 @@ class InterrogationPipeline:
         """(prompt, caption used). The caption is generated while CLIP encodes the image,
         unless given or not needed (negative mode)."""
         needs_caption = mode is not Mode.NEGATIVE and not caption
-        jobs = [self.features(image), self.interrogator()]
+        jobs = [self.items.encode_image(image), self.interrogator]
         if needs_caption:
             jobs.append(self.caption(image))
         features, interrogator, *generated = await asyncio.gather(*jobs)
@@ -97,5 +88,7 @@ class InterrogationPipeline:
         return prompt, caption if mode is not Mode.NEGATIVE else None
 
     async def analyze(self, image: Image.Image, top_k: int) -> dict[str, list[tuple[str, float]]]:
-        features, interrogator = await asyncio.gather(self.features(image), self.interrogator())
+        features, interrogator = await asyncio.gather(
+            self.items.encode_image(image), self.interrogator
+        )
         return await interrogator.analyze(features, top_k)

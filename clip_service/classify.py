@@ -1,0 +1,127 @@
+"""Zero-shot classification: an image against labels, the caller's or a stored set's.
+
+A label is scored as CLIP's zero-shot classifier does: the text ``template`` filled with
+the label is encoded, and the probabilities are the softmax over the group's labels of
+``logit_scale * cosine``. Stored sets are encoded once per process and kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .encoding import ItemEncoder
+from .once import Once
+from .ranking import rank
+
+DEFAULT_TEMPLATE = "a photo of a {}"
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Named groups of mutually exclusive labels; each group gets its own softmax."""
+
+    groups: Mapping[str, tuple[str, ...]]
+    template: str = DEFAULT_TEMPLATE
+
+
+LABEL_SETS: dict[str, LabelSet] = {
+    "pets": LabelSet(
+        {
+            "type": (
+                "cat",
+                "dog",
+                "hamster",
+                "rabbit",
+                "bird",
+                "fish",
+                "turtle",
+                "snake",
+                "lizard",
+            ),
+            "fur": ("long-hair", "short-hair", "medium-hair"),
+        },
+        template="a photo of a {} pet",
+    ),
+    "wearables": LabelSet(
+        {
+            "category": (
+                "t-shirt",
+                "shirt",
+                "sweater",
+                "hoodie",
+                "jacket",
+                "coat",
+                "dress",
+                "skirt",
+                "jeans",
+                "trousers",
+                "shorts",
+                "suit",
+                "sneakers",
+                "boots",
+                "sandals",
+                "high heels",
+                "hat",
+                "scarf",
+                "handbag",
+                "sunglasses",
+            )
+        },
+        template="a photo of {}, a type of clothing or accessory",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    label: str
+    probability: float
+    cosine: float
+    group: str | None
+
+
+class Classifier:
+    def __init__(self, items: ItemEncoder) -> None:
+        self.items = items
+        self._set_vectors = {
+            name: Once(lambda name=name: self._encode_set(name)) for name in LABEL_SETS
+        }
+
+    async def classify(
+        self,
+        image_vector: np.ndarray,
+        labels: Sequence[str] | None = None,
+        label_set: str | None = None,
+        template: str = DEFAULT_TEMPLATE,
+    ) -> list[Score]:
+        """Scores per group, most probable first; ``labels`` form a single, unnamed group."""
+        info = await self.items.model_info()
+        if label_set is not None:
+            groups = {name: list(g) for name, g in LABEL_SETS[label_set].groups.items()}
+            vectors = await self._set_vectors[label_set]
+        else:
+            assert labels is not None
+            groups = {None: list(labels)}
+            texts = [template.format(label) for label in labels]
+            vectors = {None: await self.items.encoder.encode_texts(texts)}
+        scores = []
+        for name, group in groups.items():
+            probabilities, cosines = rank(image_vector[None], vectors[name], info.logit_scale)
+            order = np.argsort(-probabilities[0], kind="stable")
+            scores += [
+                Score(group[i], float(probabilities[0, i]), float(cosines[0, i]), name)
+                for i in order
+            ]
+        return scores
+
+    async def _encode_set(self, name: str) -> dict[str, np.ndarray]:
+        label_set = LABEL_SETS[name]
+        return {
+            group: await self.items.encoder.encode_texts(
+                [label_set.template.format(label) for label in labels]
+            )
+            for group, labels in label_set.groups.items()
+        }
