@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import bentoml
 from pydantic import Field
+from starlette.middleware.cors import CORSMiddleware
 
 from clip_service import form_routes
 from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier
@@ -16,6 +17,7 @@ from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.pipeline import InterrogationPipeline
 from clip_service.middleware import BodyGuard, ErrorShape
 from clip_service.ranking import rank
+from clip_service.request_ids import HEADERS as REQUEST_ID_HEADERS
 from clip_service.request_ids import echo_headers, request_id
 from clip_service.schemas import (
     AnalyzeResult,
@@ -189,6 +191,15 @@ class ClipApi:
         return rid
 
 
+if settings.cors_origins:
+    # Added first, so it wraps the others: their 4xx answers carry CORS headers too.
+    ClipApi.add_asgi_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["*"],
+        expose_headers=list(REQUEST_ID_HEADERS),
+    )
 ClipApi.add_asgi_middleware(ErrorShape)
 ClipApi.add_asgi_middleware(
     BodyGuard,

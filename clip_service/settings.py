@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     url_timeout_s: float = Field(10.0, gt=0)
     url_max_bytes: int = Field(20 * 1024 * 1024, ge=1)
 
+    # Browser clients: comma-separated origins allowed by CORS ("*" for any; empty: off).
+    cors_allow_origins: str = ""
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
 
 @cache
 def get_settings() -> Settings:

@@ -191,3 +191,30 @@ def test_burst_is_batched_and_vectors_do_not_depend_on_their_batch(open_clip_url
     assert _cosines(vectors[15], alone) >= 0.99999
     distinct = _cosines(np.stack(vectors[:15]), np.stack(vectors[16:31]))
     assert distinct.max() < 0.9999  # the burst's other images are really other images
+
+
+async def _encode_burst(url: str, bodies: list[list[dict]]) -> list[tuple[int, object]]:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(body: list[dict]) -> tuple[int, object]:
+            async with session.post(f"{url}/encode", json=body) as response:
+                return response.status, await response.json()
+
+        return await asyncio.gather(*(one(body) for body in bodies))
+
+
+def test_a_bad_request_in_a_burst_fails_alone(open_clip_url):
+    good = [[{"img_blob": b64(image_bytes(make_image(300 + i, (64, 64))))}] for i in range(24)]
+    bad = [
+        [{"img_blob": b64(b"GIF89a truncated")}],
+        [{"img_blob": "%%%"}],
+        [{"img_uri": "ftp://example.com/x.png"}],
+        [{"text": "fine"}, {"img_blob": b64(image_bytes(make_image(1), "JPEG")[:300])}],
+    ]
+    bodies = good[:12] + bad + good[12:]
+    results = asyncio.run(_encode_burst(open_clip_url, bodies))
+    statuses = [status for status, _ in results]
+    assert statuses == [200] * 12 + [400] * 4 + [200] * 12, statuses
+    alone = _encode(open_clip_url, good[0] + good[-1])
+    got = np.array([results[0][1][0], results[-1][1][0]])
+    assert _cosines(got, alone).min() >= 0.99999
