@@ -16,10 +16,11 @@ import numpy as np
 from PIL import Image
 
 from .clip_model import ModelInfo
-from .images import decode_base64, decode_image, fetch_url
+from .images import decode_base64, decode_image
 from .remote import RemoteModel
 from .schemas import ImageItem, Item
 from .settings import Settings
+from .url_fetch import fetch_image_url
 
 
 class EncoderClient(Protocol):
@@ -33,6 +34,7 @@ class EncoderClient(Protocol):
 class ItemEncoder:
     def __init__(self, encoder: EncoderClient, settings: Settings) -> None:
         self.encoder, self.settings = encoder, settings
+        self.url_policy = settings.url_policy
         # A dependency client's methods appear only once it has connected: look up late.
         self.model = RemoteModel(lambda: self.encoder.info())
 
@@ -46,12 +48,7 @@ class ItemEncoder:
                 decode_base64(item.img_blob, f"{field}.img_blob"), f"{field}.img_blob"
             )
         assert item.img_uri is not None
-        data = await fetch_url(
-            item.img_uri,
-            f"{field}.img_uri",
-            timeout_s=self.settings.url_timeout_s,
-            max_bytes=self.settings.url_max_bytes,
-        )
+        data = await fetch_image_url(item.img_uri, f"{field}.img_uri", self.url_policy)
         return await self.decode(data, f"{field}.img_uri")
 
     async def decode(self, data: bytes, field: str) -> Image.Image:

@@ -1,4 +1,4 @@
-"""Image inputs: base64 and data URIs, URL fetches, and guarded decoding to RGB."""
+"""Image inputs: base64 and data URIs, and guarded decoding to RGB."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import io
 import re
 import warnings
 
-import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput, PayloadTooLarge
@@ -27,28 +26,6 @@ def decode_base64(blob: str, field: str) -> bytes:
     if not data:
         raise InvalidInput(field, "empty image")
     return data
-
-
-async def fetch_url(url: str, field: str, *, timeout_s: float, max_bytes: int) -> bytes:
-    """GET an http(s) URL, refusing bodies over ``max_bytes``."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise InvalidInput(field, "only http and https URLs are accepted")
-    try:
-        async with (
-            httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise InvalidInput(field, f"fetching the URL gave HTTP {response.status_code}")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLarge(field, f"image larger than {max_bytes} bytes")
-                chunks.append(chunk)
-    except httpx.HTTPError as exc:
-        raise InvalidInput(field, f"could not fetch the URL ({type(exc).__name__})") from None
-    return b"".join(chunks)
 
 
 def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .url_fetch import UrlPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(frozen=True, extra="ignore")
@@ -47,9 +49,16 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     url_timeout_s: float = Field(10.0, gt=0)
     url_max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # img_uri hosts, IPs or CIDRs fetched even though private or local (comma-separated).
+    url_allow: str = ""
 
     # Browser clients: comma-separated origins allowed by CORS ("*" for any; empty: off).
     cors_allow_origins: str = ""
+
+    @property
+    def url_policy(self) -> UrlPolicy:
+        allow = tuple(entry.strip() for entry in self.url_allow.split(",") if entry.strip())
+        return UrlPolicy(timeout_s=self.url_timeout_s, max_bytes=self.url_max_bytes, allow=allow)
 
     @property
     def cors_origins(self) -> list[str]:

@@ -118,3 +118,29 @@ def hf_url(tiny_models, tmp_path_factory) -> Iterator[str]:
     clip = str(tiny_models["hf-clip"])
     with served(home, CLIP_MODEL=clip, CAPTION_MODEL=str(tiny_models["blip"])) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def image_server() -> Iterator[str]:
+    """A loopback HTTP server with one PNG at /image.png; yields its base URL."""
+    import http.server
+    import threading
+
+    body = image_bytes(make_image(42, (64, 64)))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            found = self.path == "/image.png"
+            self.send_response(200 if found else 404)
+            self.send_header("content-length", str(len(body) if found else 0))
+            self.end_headers()
+            if found:
+                self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()

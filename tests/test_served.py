@@ -218,3 +218,11 @@ def test_a_bad_request_in_a_burst_fails_alone(open_clip_url):
     alone = _encode(open_clip_url, good[0] + good[-1])
     got = np.array([results[0][1][0], results[-1][1][0]])
     assert _cosines(got, alone).min() >= 0.99999
+
+
+def test_img_uri_to_a_loopback_server_is_refused_by_default(open_clip_url, image_server):
+    response = httpx.post(
+        f"{open_clip_url}/encode", json=[{"img_uri": f"{image_server}/image.png"}]
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("items[0].img_uri: refused: 127.0.0.1")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import b64, image_bytes, served
+from tests.conftest import b64, image_bytes, make_image, served
 
 pytestmark = pytest.mark.served
 
@@ -26,6 +26,7 @@ def url(tiny_models, tmp_path_factory):
         MAX_TEXT_CHARS="20",
         MAX_IMAGE_PIXELS="250000",
         CORS_ALLOW_ORIGINS=ORIGIN,
+        URL_ALLOW="127.0.0.1",
     ) as url:
         yield url
 
@@ -80,3 +81,15 @@ def test_cors_preflight_and_other_origins(url):
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     other = httpx.post(f"{url}/encode", json=[{"text": "x"}], headers={"origin": "http://evil"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_img_uri_on_the_allow_list_is_fetched(url, image_server):
+    fetched = httpx.post(f"{url}/encode", json=[{"img_uri": f"{image_server}/image.png"}])
+    assert fetched.status_code == 200, fetched.text
+    inline = httpx.post(
+        f"{url}/encode", json=[{"img_blob": b64(image_bytes(make_image(42, (64, 64))))}]
+    )
+    assert fetched.json() == inline.json()
+    missing = httpx.post(f"{url}/encode", json=[{"img_uri": f"{image_server}/nope.png"}])
+    assert missing.status_code == 400
+    assert missing.json()["error"] == "items[0].img_uri: fetching the URL gave HTTP 404"
