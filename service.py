@@ -16,6 +16,7 @@ from clip_service.errors import InvalidInput
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.pipeline import InterrogationPipeline
 from clip_service.middleware import BodyGuard, ErrorShape
+from clip_service.multipart import MultipartForms
 from clip_service.ranking import rank
 from clip_service.request_ids import HEADERS as REQUEST_ID_HEADERS
 from clip_service.request_ids import echo_headers, request_id
@@ -43,6 +44,17 @@ settings = get_settings()
 
 # Routes whose body is the raw image, whatever Content-Type the client declares.
 RAW_BODY_ROUTES = ("/vectorize", "/extract_text")
+# How a multipart form maps onto each route's JSON body (clip_service/multipart.py).
+FORM_ROUTES = {
+    "/encode": "items",
+    "/rank": "rank",
+    "/caption": "image",
+    "/interrogate": "image",
+    "/analyze": "image",
+    "/classify": "image",
+    "/vectorize": "raw",
+    "/extract_text": "raw",
+}
 MAX_FLAVORS = 128
 MAX_LABELS = 1000
 LabelSetName = Literal[tuple(LABEL_SETS)]
@@ -104,11 +116,10 @@ class ClipApi:
     ) -> InterrogateResult:
         """A text prompt for the image, as clip-interrogator 0.6.0 makes it.
 
-        ``max_flavors`` defaults to the library's per mode (classic 3, others 32); a given
-        ``caption`` is used instead of generating one.
+        ``max_flavors`` defaults to the library's per mode (classic 3, others 32);
+        ``min_flavors`` only matters in best mode, as in the library; a given ``caption`` is
+        used instead of generating one.
         """
-        if max_flavors is not None and min_flavors > max_flavors:
-            raise InvalidInput("min_flavors", "must not exceed max_flavors")
         decoded = await self.items.load_image(image, "image")
         prompt, used_caption = await self.interrogation.interrogate(
             decoded, mode, caption, min_flavors, max_flavors
@@ -207,3 +218,4 @@ ClipApi.add_asgi_middleware(
     raw_body_routes=RAW_BODY_ROUTES,
     file_fields={"/tag": "file", "/wearable": "file"},
 )
+ClipApi.add_asgi_middleware(MultipartForms, routes=FORM_ROUTES)

@@ -18,8 +18,9 @@ class BodyGuard:
     """Read the body once, enforcing ``max_bytes`` (413), and make body errors 4xx.
 
     * Routes in ``raw_body_routes`` take the body as bytes whatever the client's
-      ``Content-Type`` (curl's default form type included): it is set to octet-stream,
-      and an empty body is refused here (BentoML would hand the route a JSON default).
+      ``Content-Type`` (curl's default form type included): it is set to octet-stream
+      (multipart forms are left to :mod:`.multipart`), and an empty body is refused here
+      (BentoML would hand the route a JSON default).
     * BentoML answers a body that is not valid JSON, or a form without the route's file
       field (``file_fields``: route -> field), with a 500; only then (no cost on the good
       path) the guard looks for those problems and answers 400 naming them.
@@ -48,7 +49,8 @@ class BodyGuard:
             if not body:
                 await send_json(send, 400, error_body("body: empty body; send the image bytes"))
                 return
-            scope = {**scope, "headers": _with_content_type(scope["headers"])}
+            if not content_type(scope).startswith(b"multipart/form-data"):
+                scope = {**scope, "headers": _with_octet_stream(scope["headers"])}
         replayed = False
 
         async def replay() -> Message:
@@ -110,14 +112,17 @@ async def _has_file_field(scope: Scope, body: bytes, field: str) -> bool:
     return isinstance(form.get(field), UploadFile)
 
 
-def _with_content_type(headers: Headers) -> Headers:
+def _with_octet_stream(headers: Headers) -> Headers:
     kept = [(k, v) for k, v in headers if k.lower() != b"content-type"]
     return [*kept, (b"content-type", b"application/octet-stream")]
 
 
+def content_type(scope: Scope, default: bytes = b"") -> bytes:
+    return dict(scope["headers"]).get(b"content-type", default).split(b";")[0].strip()
+
+
 def _json_error(scope: Scope, body: bytes) -> str | None:
-    content_type = dict(scope["headers"]).get(b"content-type", b"application/json")
-    if not content_type.split(b";")[0].strip().endswith(b"json"):
+    if not content_type(scope, b"application/json").endswith(b"json"):
         return None
     try:
         json.loads(body)

@@ -226,3 +226,66 @@ def test_img_uri_to_a_loopback_server_is_refused_by_default(open_clip_url, image
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"].startswith("items[0].img_uri: refused: 127.0.0.1")
+
+
+def test_multipart_forms_equal_their_json_forms(open_clip_url):
+    image = image_bytes(IMAGES[0])
+    cases = [
+        ("/vectorize", {"files": {"upload": ("a.png", image)}}, {"content": image}),
+        (
+            "/encode",
+            {"files": [("x", ("a.png", image)), ("y", (None, "a cat"))]},
+            {"json": [{"img_blob": b64(image)}, {"text": "a cat"}]},
+        ),
+        (
+            "/rank",
+            {
+                "files": [
+                    ("queries", ("a.png", image)),
+                    ("candidates", (None, "a")),
+                    ("candidates", (None, "b")),
+                ]
+            },
+            {
+                "json": {
+                    "queries": [{"img_blob": b64(image)}],
+                    "candidates": [{"text": "a"}, {"text": "b"}],
+                }
+            },
+        ),
+        (
+            "/classify",
+            {
+                "files": [
+                    ("image", ("a.png", image)),
+                    ("labels", (None, "a")),
+                    ("labels", (None, "b")),
+                    ("top_k", (None, "1")),
+                ]
+            },
+            {"json": {"image": {"img_blob": b64(image)}, "labels": ["a", "b"], "top_k": 1}},
+        ),
+    ]
+    for route, form, body in cases:
+        from_form = httpx.post(f"{open_clip_url}{route}", **form)
+        assert from_form.status_code == 200, (route, from_form.text)
+        assert from_form.json() == httpx.post(f"{open_clip_url}{route}", **body).json(), route
+
+
+@pytest.mark.parametrize(
+    ("route", "files", "message"),
+    [
+        ("/vectorize", {"a": (None, "text")}, r"^body: send exactly one file field"),
+        ("/rank", {"other": (None, "x")}, r"^other: unknown field"),
+        (
+            "/classify",
+            {"image": ("a.png", b"x"), "top_k": ("b.bin", b"1")},
+            r"^top_k: expected a text field",
+        ),
+        ("/encode", {"a": ("a.png", b"not an image")}, r"^items\[0\]\.img_blob: not a readable"),
+    ],
+)
+def test_bad_forms_are_400(open_clip_url, route, files, message):
+    response = httpx.post(f"{open_clip_url}{route}", files=files)
+    assert response.status_code == 400, response.text
+    assert re.match(message, response.json()["error"]), response.json()
