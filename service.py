@@ -10,7 +10,7 @@ from pydantic import Field
 from starlette.middleware.cors import CORSMiddleware
 
 from clip_service import form_routes
-from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier
+from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.interrogator import Mode
@@ -174,11 +174,7 @@ class ClipApi:
     @bentoml.api(route="/tag")
     async def tag(self, file: Path, ctx: bentoml.Context) -> TagResult:
         """Pet type and fur length of a multipart image in field ``file``."""
-        rid = self._request_id(ctx)
-        image = await self.items.decode(file.read_bytes(), "file")
-        scores = await self.classifier.classify(
-            await self.items.encode_image(image), label_set="pets"
-        )
+        rid, scores = await self._classify_upload(file, ctx, "pets")
         best = {}
         for score in scores:
             best.setdefault(score.group, score)
@@ -188,18 +184,18 @@ class ClipApi:
     @bentoml.api(route="/wearable")
     async def wearable(self, file: Path, ctx: bentoml.Context) -> WearableResult:
         """The top 3 of 20 wearable categories for a multipart image in field ``file``."""
-        rid = self._request_id(ctx)
-        image = await self.items.decode(file.read_bytes(), "file")
-        scores = await self.classifier.classify(
-            await self.items.encode_image(image), label_set="wearables"
-        )
+        rid, scores = await self._classify_upload(file, ctx, "wearables")
         return WearableResult(request_id=rid, top_categories=[s.label for s in scores[:3]])
 
-    @staticmethod
-    def _request_id(ctx: bentoml.Context) -> str:
+    async def _classify_upload(
+        self, file: Path, ctx: bentoml.Context, label_set: str
+    ) -> tuple[str, list[Score]]:
+        """(request id, scores) for an uploaded image against a stored label set."""
         rid = request_id(ctx.request.headers)
         ctx.response.headers.update(echo_headers(rid))
-        return rid
+        image = await self.items.decode(file.read_bytes(), "file")
+        vector = await self.items.encode_image(image)
+        return rid, await self.classifier.classify(vector, label_set=label_set)
 
 
 if settings.cors_origins:

@@ -15,12 +15,10 @@ from clip_service.captioning import (
     CaptionPreprocessor,
     GenerationSettings,
 )
-from clip_service.clip_model import ModelUnavailableError
 from clip_service.settings import get_settings
-from clip_service.specs import ModelSpecError
+from runners.model_service import exit_unless_loadable, model_service_config
 
 settings = get_settings()
-NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}  # see runners/clip_encoder.py
 
 GENERATION = GenerationSettings(
     max_new_tokens=settings.caption_max_new_tokens,
@@ -30,20 +28,12 @@ GENERATION = GenerationSettings(
 )
 
 
-@bentoml.service(
-    name="BlipCaptioner",
-    workers=settings.caption_workers,
-    traffic={"timeout": settings.max_latency_ms / 1000 + 60},
-    runner_connection=NEVER_RECYCLE,
-)
+@bentoml.service(**model_service_config("BlipCaptioner", settings.caption_workers))
 class BlipCaptioner:
     @bentoml.on_deployment
     def fetch_model() -> None:
         """Runs once in the serving process: fail with one clear line if unavailable."""
-        try:
-            CaptionPreprocessor.load(settings.caption_model)
-        except (ModelSpecError, ModelUnavailableError) as exc:
-            raise SystemExit(f"error: {exc}") from None
+        exit_unless_loadable(lambda: CaptionPreprocessor.load(settings.caption_model))
 
     def __init__(self) -> None:
         self.captioner = Captioner.load(settings.caption_model, settings.device, GENERATION)

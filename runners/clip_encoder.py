@@ -10,32 +10,21 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.clip_model import ModelInfo, ModelUnavailableError, load_clip_model
+from clip_service.clip_model import ModelInfo, load_clip_model
 from clip_service.hub import fetch_clip_files
 from clip_service.settings import get_settings
-from clip_service.specs import ModelSpecError, parse_clip_spec
+from clip_service.specs import parse_clip_spec
+from runners.model_service import exit_unless_loadable, model_service_config
 
 settings = get_settings()
 
-# BentoML recycles dependency connections every 100 requests / 300 s by default and kills
-# calls in flight when it does (HTTP 500 under load); effectively never recycle.
-NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}
 
-
-@bentoml.service(
-    name="ClipEncoder",
-    workers=settings.encoder_workers,
-    traffic={"timeout": settings.max_latency_ms / 1000 + 60},
-    runner_connection=NEVER_RECYCLE,
-)
+@bentoml.service(**model_service_config("ClipEncoder", settings.encoder_workers))
 class ClipEncoder:
     @bentoml.on_deployment
     def fetch_model() -> None:
         """Runs once in the serving process: download, or exit with one clear line."""
-        try:
-            fetch_clip_files(parse_clip_spec(settings.clip_model))
-        except (ModelSpecError, ModelUnavailableError) as exc:
-            raise SystemExit(f"error: {exc}") from None
+        exit_unless_loadable(lambda: fetch_clip_files(parse_clip_spec(settings.clip_model)))
 
     def __init__(self) -> None:
         self.model = load_clip_model(parse_clip_spec(settings.clip_model), settings.device)

@@ -1,0 +1,36 @@
+"""What both model services share: their BentoML settings and the fail-fast start."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from clip_service.clip_model import ModelUnavailableError
+from clip_service.settings import get_settings
+from clip_service.specs import ModelSpecError
+
+# BentoML recycles dependency connections every 100 requests / 300 s by default and kills
+# calls in flight when it does (HTTP 500 under load); effectively never recycle.
+NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}
+
+
+def model_service_config(name: str, workers: int) -> dict[str, Any]:
+    """``@bentoml.service`` arguments of a model service."""
+    return {
+        "name": name,
+        "workers": workers,
+        "traffic": {"timeout": get_settings().max_latency_ms / 1000 + 60},
+        "runner_connection": NEVER_RECYCLE,
+    }
+
+
+def exit_unless_loadable(check: Callable[[], object]) -> None:
+    """Run ``check`` (from an ``on_deployment`` hook, once, in the serving process).
+
+    BentoML restarts a worker whose start fails, forever; a model that cannot be had
+    should instead stop the server with one clear line and a non-zero exit.
+    """
+    try:
+        check()
+    except (ModelSpecError, ModelUnavailableError) as exc:
+        raise SystemExit(f"error: {exc}") from None
