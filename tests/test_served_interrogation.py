@@ -44,15 +44,18 @@ def label_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("label-cache")
 
 
-@pytest.fixture(scope="module")
-def server(tiny_models, label_cache, tmp_path_factory):
-    home = tmp_path_factory.mktemp("bentoml-interrogate")
-    with served(
+def _serve(home: Path, tiny_models: dict[str, Path], label_cache: Path):
+    return served(
         home,
         CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
         CAPTION_MODEL=str(tiny_models["blip"]),
         LABEL_CACHE_DIR=str(label_cache),
-    ) as url:
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, label_cache, tmp_path_factory):
+    with _serve(tmp_path_factory.mktemp("bentoml-interrogate"), tiny_models, label_cache) as url:
         yield url
 
 
@@ -124,12 +127,7 @@ def test_restart_reuses_the_label_cache(tiny_models, label_cache, server, tmp_pa
     _post(server, "/interrogate", mode="fast")  # the tables exist once a prompt was made
     files = {p: p.stat().st_mtime_ns for p in label_cache.glob("*.safetensors")}
     assert len(files) == 6
-    with served(
-        tmp_path,
-        CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
-        CAPTION_MODEL=str(tiny_models["blip"]),
-        LABEL_CACHE_DIR=str(label_cache),
-    ) as url:
+    with _serve(tmp_path, tiny_models, label_cache) as url:
         _post(url, "/interrogate", mode="fast")
         log = next(tmp_path.glob("serve-*.log")).read_text()
     assert {p: p.stat().st_mtime_ns for p in label_cache.glob("*.safetensors")} == files
