@@ -9,7 +9,7 @@ import bentoml
 from pydantic import Field
 from starlette.middleware.cors import CORSMiddleware
 
-from clip_service import form_routes
+from clip_service import form_routes, logs
 from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
@@ -41,6 +41,7 @@ from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
 
 settings = get_settings()
+logs.configure()
 
 # Routes whose body is the raw image, whatever Content-Type the client declares.
 RAW_BODY_ROUTES = ("/vectorize", "/extract_text")

@@ -49,3 +49,16 @@ def test_transformers_padding_to_longest_equals_full_context(tiny_models):
     expected = reference.get_text_features(**batch).pooler_output.numpy()
     ours = load_clip_model(parse_clip_spec(path), "cpu").encode_texts(TEXTS)
     np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_open_clip_trimmed_text_tower_equals_full_context(tiny_models):
+    spec = parse_clip_spec(f"local-dir:{tiny_models['open-clip']}")
+    ours = load_clip_model(spec, "cpu")
+    texts = [*TEXTS, "ends with a bang!", "!!!", "a" * 400]
+    expected = ours.model.encode_text(ours.tokenizer(texts)).numpy()
+    np.testing.assert_allclose(ours.encode_texts(texts), expected, atol=2e-6)
+    short = ["a cat", "a dog"]  # a batch of short texts runs on 4 of 77 positions
+    np.testing.assert_allclose(
+        ours.encode_texts(short), ours.model.encode_text(ours.tokenizer(short)).numpy(), atol=2e-6
+    )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import open_clip
 import torch
 from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import text_global_pool
 
 from ..clip_model import ClipModel, log_to_scale
 from ..preprocess import PreprocessConfig
@@ -42,10 +43,42 @@ class OpenClipModel(ClipModel):
         return self.tokenizer(texts)
 
     def _text_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens.to(self.device))
+        tokens = tokens.to(self.device)
+        if not _can_trim(self.model):
+            return self.model.encode_text(tokens)
+        return _encode_text_trimmed(self.model, tokens)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         if isinstance(self.tokenizer, SimpleTokenizer):
             return [len(self.tokenizer.encode(text)) + 2 for text in texts]
         # open_clip's HFTokenizer wraps a transformers tokenizer that adds its own markers.
         return [len(ids) for ids in self.tokenizer.tokenizer(list(texts))["input_ids"]]
+
+
+def _can_trim(model: torch.nn.Module) -> bool:
+    """A CLIP whose text tower is causal and pools at the end-of-text token."""
+    return (
+        isinstance(model, open_clip.CLIP)
+        and model.text_pool_type == "argmax"
+        and model.attn_mask is not None
+    )
+
+
+def _encode_text_trimmed(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text``, run only up to the batch's longest text.
+
+    Exact: the text transformer is causal and the output is read at the end-of-text token
+    (the highest id, so ``argmax``); positions after it, all padding, are never seen by it.
+    Label-like texts are ~10 tokens of the 77-token context, so this saves most of the work.
+    """
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype) + model.positional_embedding[:length].to(
+        cast_dtype
+    )
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:length, :length]))
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    if isinstance(model.text_projection, torch.nn.Linear):
+        return model.text_projection(x)
+    return x @ model.text_projection
