@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -64,7 +65,7 @@ LabelSetName = Literal[tuple(LABEL_SETS)]
 @bentoml.asgi_app(form_routes.app)
 @bentoml.service(
     name="ClipApi",
-    traffic={"timeout": settings.max_latency_ms / 1000 + 120},
+    traffic={"timeout": settings.request_timeout_s},
 )
 class ClipApi:
     encoder = bentoml.depends(ClipEncoder)
@@ -76,6 +77,11 @@ class ClipApi:
             self.items, self.captioner.to_async, settings.label_cache_dir
         )
         self.classifier = Classifier(self.items)
+
+    @bentoml.on_startup
+    async def build_label_tables(self) -> None:
+        """Interrogation's label tables load (or build) in the background from the start."""
+        self._warming = asyncio.create_task(self.interrogation.warm())
 
     @bentoml.api(route="/encode")
     async def encode(self, items: Items, /) -> list[list[float]]:

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     text_max_batch_size: int = Field(2048, ge=1)
     max_latency_ms: int = Field(60_000, ge=1)
     encoder_workers: int = Field(1, ge=1)
+    # The entry service's limit for one request (BentoML answers 504 past it). The first
+    # interrogation after a new CLIP model waits for the label tables to be built.
+    request_timeout_s: float = Field(600, gt=0)
 
     # BLIP captioner service; generation defaults are clip-interrogator 0.6.0's.
     caption_model: str = "blip-base"

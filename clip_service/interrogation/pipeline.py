@@ -7,6 +7,7 @@ goes to the batched model services, so interrogations from all callers share bat
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -21,6 +22,8 @@ from ..remote import RemoteModel
 from .interrogator import Interrogator, Mode
 from .label_cache import LabelCache
 from .labels import read_label_tables
+
+logger = logging.getLogger(__name__)
 
 
 class CaptionerClient(Protocol):
@@ -59,6 +62,21 @@ class InterrogationPipeline:
         cache = LabelCache(self.label_cache_dir, info.spec, tower.encode_texts)
         tables = await cache.embed_all(read_label_tables())
         return Interrogator(tower, tables)
+
+    async def warm(self, attempts: int = 30, pause_s: float = 2.0) -> None:
+        """Load or build the label tables ahead of the first request, once the encoder is up.
+
+        Started when the entry service starts; a request that comes before it is done waits
+        for the same build rather than starting another.
+        """
+        for attempt in range(attempts):
+            try:
+                await self.interrogator
+                return
+            except Exception as exc:  # the encoder is not up yet; requests will retry too
+                if attempt == attempts - 1:
+                    logger.warning("label tables not built at start-up: %s", exc)
+                await asyncio.sleep(pause_s)
 
     async def caption(self, image: Image.Image) -> str:
         _, preprocess = await self.captioner.get()
