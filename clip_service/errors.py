@@ -8,6 +8,8 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 
+_MAX_REPORTED = 5  # validation errors named in one message
+
 
 class InvalidInput(BentoMLException):
     """Bad client input; ``field`` is the JSON path or form field it concerns."""
@@ -32,7 +34,7 @@ def normalize_error_body(body: Any) -> dict[str, Any]:
 
     BentoML answers an ``InvalidArgument`` with ``[{"error": ...}]`` and a pydantic
     failure with ``{"error": "1 validation error for ...", "detail": [...]}``, whose message
-    names no field; the first validation error becomes the message instead.
+    names no field; the validation errors, each naming its field, become the message.
     """
     if isinstance(body, list) and len(body) == 1 and isinstance(body[0], Mapping):
         body = body[0]
@@ -40,7 +42,10 @@ def normalize_error_body(body: Any) -> dict[str, Any]:
         return error_body(str(body))
     details = body.get("detail")
     if isinstance(details, list) and details and isinstance(details[0], Mapping):
-        return error_body(_format_validation_error(details[0]), detail=details)
+        messages = [_format_validation_error(d) for d in details[:_MAX_REPORTED]]
+        if len(details) > _MAX_REPORTED:
+            messages.append(f"and {len(details) - _MAX_REPORTED} more")
+        return error_body("; ".join(messages))
     return dict(body)
 
 

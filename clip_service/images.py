@@ -8,6 +8,7 @@ import io
 import re
 import warnings
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidInput, PayloadTooLarge
@@ -60,8 +61,24 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
 def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
+    if image.mode in _HIGH_DEPTH:
+        image = _to_8_bit(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*_ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+# Integer and float single-channel modes; Pillow's own RGB conversion clips them at 255.
+_HIGH_DEPTH = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """Scale 16-bit (and 32-bit integer) samples to 0..255, and floats from 0..1 or 0..255."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")

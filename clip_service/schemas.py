@@ -70,9 +70,7 @@ class CaptionResult(BaseModel):
 
 class InterrogateResult(BaseModel):
     prompt: str
-    caption: str | None = Field(
-        description="the caption the prompt starts from (none in negative mode)"
-    )
+    caption: str = Field(description="the caption the prompt starts from; empty in negative mode")
     mode: Mode
 
 

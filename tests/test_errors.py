@@ -12,11 +12,16 @@ def test_validation_error_names_the_field():
         "error": "1 validation error for X",
         "detail": [{"loc": ["root", 2, "text"], "msg": "Field required", "type": "missing"}],
     }
-    shaped = normalize_error_body(body)
-    assert shaped["error"] == "body[2].text: Field required"
-    assert shaped["detail"] == body["detail"]
+    assert normalize_error_body(body) == {"error": "body[2].text: Field required"}
     body["detail"][0]["loc"] = ["queries", 0, "img_blob"]
     assert normalize_error_body(body)["error"] == "queries[0].img_blob: Field required"
+
+
+def test_several_validation_errors_are_all_named_up_to_five():
+    detail = [{"loc": ["labels", i], "msg": "too long"} for i in range(7)]
+    message = normalize_error_body({"error": "7 validation errors", "detail": detail})["error"]
+    assert message.startswith("labels[0]: too long; labels[1]: too long;")
+    assert message.endswith("labels[4]: too long; and 2 more")
 
 
 def test_other_bodies_become_the_shape():

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,3 +59,19 @@ def test_pixel_limit_is_checked_before_decoding():
     big = image_bytes(Image.new("L", (4000, 3000)), "PNG")
     with pytest.raises(PayloadTooLarge, match="4000x3000 pixels exceeds"):
         decode_image(big, "f", max_pixels=1_000_000)
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped():
+    ramp = np.linspace(0, 65535, 64 * 8).reshape(8, 64).astype(np.uint16)
+    image = decode_image(image_bytes(Image.fromarray(ramp)), "f", max_pixels=LIMIT)
+    expected = np.rint(ramp / 257).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(image)[..., 0], expected)
+
+
+def test_float_images_in_zero_one_are_scaled():
+    image = decode_image(
+        image_bytes(Image.fromarray(np.full((4, 4), 0.5, np.float32)), "TIFF"),
+        "f",
+        max_pixels=LIMIT,
+    )
+    assert image.getpixel((0, 0)) == (128, 128, 128)

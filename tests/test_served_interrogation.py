@@ -82,7 +82,7 @@ def test_prompt_equals_library(server, library, mode):
     assert body["prompt"] == expected
     assert body["mode"] == mode
     caption = library.generate_caption(IMAGE)
-    assert body["caption"] == (None if mode == "negative" else caption)
+    assert body["caption"] == ("" if mode == "negative" else caption)
 
 
 def test_given_caption_is_used(server, library):

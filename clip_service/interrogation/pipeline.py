@@ -90,9 +90,9 @@ class InterrogationPipeline:
         caption: str | None,
         min_flavors: int,
         max_flavors: int | None,
-    ) -> tuple[str, str | None]:
-        """(prompt, caption used). The caption is generated while CLIP encodes the image,
-        unless given or not needed (negative mode)."""
+    ) -> tuple[str, str]:
+        """(prompt, caption used: "" in negative mode, which uses none). The caption is
+        generated while CLIP encodes the image, unless given or not needed."""
         needs_caption = mode is not Mode.NEGATIVE and not caption
         jobs = [self.items.encode_image(image), self.interrogator]
         if needs_caption:
@@ -103,7 +103,7 @@ class InterrogationPipeline:
         prompt = await interrogator.interrogate(
             features, mode, caption=caption, min_flavors=min_flavors, max_flavors=max_flavors
         )
-        return prompt, caption if mode is not Mode.NEGATIVE else None
+        return prompt, caption if mode is not Mode.NEGATIVE else ""
 
     async def analyze(self, image: Image.Image, top_k: int) -> dict[str, list[tuple[str, float]]]:
         features, interrogator = await asyncio.gather(
