@@ -5,11 +5,27 @@ from __future__ import annotations
 import logging
 import sys
 
+from bentoml.exceptions import InvalidArgument as BentoInvalidArgument
+from pydantic import ValidationError
+
+from .errors import InvalidInput
+
 _FORMAT = "%(asctime)s [%(levelname)s] [%(name)s] %(message)s"
 
 
+class DropClientErrors(logging.Filter):
+    """BentoML logs every 4xx it raises at ERROR with a traceback; the access log already
+    records the status, so bad client input does not flood the error log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, InvalidInput | ValidationError | BentoInvalidArgument)
+
+
 def configure(level: int = logging.INFO) -> None:
-    """Send ``clip_service`` records to stderr; BentoML configures only its own loggers."""
+    """Send ``clip_service`` records to stderr (BentoML configures only its own loggers),
+    and keep client errors out of BentoML's error log."""
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(DropClientErrors())
     logger = logging.getLogger("clip_service")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
