@@ -113,14 +113,19 @@ def pick_device(setting: str) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
-def load_clip_model(spec: ClipSpec, device_setting: str = "auto") -> ClipModel:
-    """Load ``spec`` with its own library; raise :class:`ModelUnavailableError` on failure."""
+def load_clip_model(
+    spec: ClipSpec, device_setting: str = "auto", trim_text: bool = False
+) -> ClipModel:
+    """Load ``spec`` with its own library; raise :class:`ModelUnavailableError` on failure.
+
+    ``trim_text`` runs open_clip's text tower only up to each batch's longest text.
+    """
     device, dtype = pick_device(device_setting)
     try:
         if spec.backend == "open_clip":
             from .backends.open_clip_backend import OpenClipModel
 
-            return OpenClipModel(spec, device, dtype)
+            return OpenClipModel(spec, device, dtype, trim_text)
         from .backends.transformers_backend import TransformersClipModel
 
         return TransformersClipModel(spec, device, dtype)

@@ -21,6 +21,8 @@ class Settings(BaseSettings):
 
     clip_model: str = "ViT-B-32:openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # open_clip text tower only up to each batch's longest text (README, "Settings").
+    trim_text_padding: bool = False
 
     # Adaptive batching of the ClipEncoder service. max_latency_ms is BentoML's latency
     # *budget*: a request is shed with 503 when queue wait + predicted batch time exceeds it,

@@ -27,7 +27,8 @@ class ClipEncoder:
         exit_unless_loadable(lambda: fetch_clip_files(parse_clip_spec(settings.clip_model)))
 
     def __init__(self) -> None:
-        self.model = load_clip_model(parse_clip_spec(settings.clip_model), settings.device)
+        spec = parse_clip_spec(settings.clip_model)
+        self.model = load_clip_model(spec, settings.device, settings.trim_text_padding)
 
     @bentoml.api(
         batchable=True,

@@ -54,7 +54,8 @@ def test_transformers_padding_to_longest_equals_full_context(tiny_models):
 @torch.inference_mode()
 def test_open_clip_trimmed_text_tower_equals_full_context(tiny_models):
     spec = parse_clip_spec(f"local-dir:{tiny_models['open-clip']}")
-    ours = load_clip_model(spec, "cpu")
+    ours = load_clip_model(spec, "cpu", trim_text=True)
+    assert ours.trim_text
     texts = [*TEXTS, "ends with a bang!", "!!!", "a" * 400]
     expected = ours.model.encode_text(ours.tokenizer(texts)).numpy()
     np.testing.assert_allclose(ours.encode_texts(texts), expected, atol=2e-6)
