@@ -116,7 +116,8 @@ def main() -> None:
     print("| step | clip-interrogator 0.6.0 (s) | served (s) | speed-up | same prompt |")
     print("|---|---|---|---|---|")
     print(
-        f"| label tables (111,908 texts) | {library_build:.1f} | {served_build:.1f} | "
+        f"| start: models + label tables (111,908 texts) | {library_build:.1f} | "
+        f"{served_build:.1f} | "
         f"{library_build / served_build:.2f}x | |"
     )
     for mode, library_s, served_s, same in rows:

@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     # *budget*: a request is shed with 503 when queue wait + predicted batch time exceeds it,
     # so it is sized for a 64-client burst on a 2-core CPU, not as a wait window.
     image_max_batch_size: int = Field(32, ge=1)
-    text_max_batch_size: int = Field(2048, ge=1)
+    # Above clip-interrogator's largest label chunk (np.array_split of 2048: up to 4095
+    # texts), so a chunk is never split: a split part's queue wait would teach the batcher
+    # to hold every later request that long.
+    text_max_batch_size: int = Field(4096, ge=1)
     max_latency_ms: int = Field(60_000, ge=1)
     encoder_workers: int = Field(1, ge=1)
     # The entry service's limit for one request (BentoML answers 504 past it). The first
