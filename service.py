@@ -102,9 +102,8 @@ class ClipApi:
     @bentoml.api(route="/vectorize")
     async def vectorize(self, image: bytes, /) -> VectorResult:
         """Raw image bytes in the body (any Content-Type) -> its embedding."""
-        pixels = await self.items.pixels(await self.items.decode(image, "body"))
-        vectors = await self.items.encode_pixels([pixels])
-        return VectorResult(vector=vectors[0].tolist())
+        vector = await self.items.encode_image(await self.items.decode(image, "body"))
+        return VectorResult(vector=vector.tolist())
 
     @bentoml.api(route="/caption")
     async def caption(self, image: ImageItem) -> CaptionResult:
@@ -170,39 +169,31 @@ class ClipApi:
         if template.count("{}") != 1:
             raise InvalidInput("template", "must contain {} exactly once")
         vector = await self.items.encode_image(await self.items.load_image(image, "image"))
-        scores = await self.classifier.classify(vector, labels, label_set, template)
-        kept, per_group = [], {}
-        for score in scores:
-            per_group[score.group] = per_group.get(score.group, 0) + 1
-            if per_group[score.group] <= top_k:
-                kept.append(ClassScore(**vars(score)))
-        return ClassifyResult(scores=kept)
+        scores = await self.classifier.classify(vector, labels, label_set, template, top_k)
+        return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
 
     @bentoml.api(route="/tag")
     async def tag(self, file: Path, ctx: bentoml.Context) -> TagResult:
         """Pet type and fur length of a multipart image in field ``file``."""
-        rid, scores = await self._classify_upload(file, ctx, "pets")
-        best = {}
-        for score in scores:
-            best.setdefault(score.group, score)
-        tags = [Tag(label=s.label, confidence=s.probability, group=s.group) for s in best.values()]
+        rid, best = await self._classify_upload(file, ctx, "pets", top_k=1)
+        tags = [Tag(label=s.label, confidence=s.probability, group=s.group) for s in best]
         return TagResult(request_id=rid, tags=tags)
 
     @bentoml.api(route="/wearable")
     async def wearable(self, file: Path, ctx: bentoml.Context) -> WearableResult:
         """The top 3 of 20 wearable categories for a multipart image in field ``file``."""
-        rid, scores = await self._classify_upload(file, ctx, "wearables")
-        return WearableResult(request_id=rid, top_categories=[s.label for s in scores[:3]])
+        rid, top = await self._classify_upload(file, ctx, "wearables", top_k=3)
+        return WearableResult(request_id=rid, top_categories=[s.label for s in top])
 
     async def _classify_upload(
-        self, file: Path, ctx: bentoml.Context, label_set: str
+        self, file: Path, ctx: bentoml.Context, label_set: str, top_k: int
     ) -> tuple[str, list[Score]]:
-        """(request id, scores) for an uploaded image against a stored label set."""
+        """(request id, top-k scores per group) for an uploaded image against a stored set."""
         rid = request_id(ctx.request.headers)
         ctx.response.headers.update(echo_headers(rid))
         image = await self.items.decode(file.read_bytes(), "file")
         vector = await self.items.encode_image(image)
-        return rid, await self.classifier.classify(vector, label_set=label_set)
+        return rid, await self.classifier.classify(vector, label_set=label_set, top_k=top_k)
 
 
 if settings.cors_origins:

@@ -96,8 +96,10 @@ class Classifier:
         labels: Sequence[str] | None = None,
         label_set: str | None = None,
         template: str = DEFAULT_TEMPLATE,
+        top_k: int | None = None,
     ) -> list[Score]:
-        """Scores per group, most probable first; ``labels`` form a single, unnamed group."""
+        """The ``top_k`` scores of each group (all if None), most probable first;
+        ``labels`` form a single, unnamed group."""
         info = await self.items.model_info()
         if label_set is not None:
             groups = {name: list(g) for name, g in LABEL_SETS[label_set].groups.items()}
@@ -110,7 +112,7 @@ class Classifier:
         scores = []
         for name, group in groups.items():
             probabilities, cosines = rank(image_vector[None], vectors[name], info.logit_scale)
-            order = np.argsort(-probabilities[0], kind="stable")
+            order = np.argsort(-probabilities[0], kind="stable")[:top_k]
             scores += [
                 Score(group[i], float(probabilities[0, i]), float(cosines[0, i]), name)
                 for i in order

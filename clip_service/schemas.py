@@ -8,29 +8,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .interrogation.interrogator import Mode
 from .settings import get_settings
+from .url_fetch import MAX_URL_CHARS
 
 _settings = get_settings()
 
 Text = Annotated[str, Field(min_length=1, max_length=_settings.max_text_chars)]
-
-
-class Item(BaseModel):
-    """One input of the clip-api-service contract: a text, an image URL or a base64 image."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    text: Text | None = None
-    img_uri: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
-    img_blob: Annotated[str, Field(min_length=1)] | None = Field(
-        None, description="base64 image, plain or as a data:image/...;base64, URI"
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Item:
-        given = [name for name in ("text", "img_uri", "img_blob") if getattr(self, name)]
-        if len(given) != 1:
-            raise ValueError("exactly one of text, img_uri, img_blob is required")
-        return self
 
 
 class ImageItem(BaseModel):
@@ -38,7 +20,7 @@ class ImageItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    img_uri: Annotated[str, Field(min_length=1, max_length=8192)] | None = None
+    img_uri: Annotated[str, Field(min_length=1, max_length=MAX_URL_CHARS)] | None = None
     img_blob: Annotated[str, Field(min_length=1)] | None = Field(
         None, description="base64 image, plain or as a data:image/...;base64, URI"
     )
@@ -47,6 +29,19 @@ class ImageItem(BaseModel):
     def _exactly_one(self) -> ImageItem:
         if (self.img_uri is None) == (self.img_blob is None):
             raise ValueError("exactly one of img_uri, img_blob is required")
+        return self
+
+
+class Item(ImageItem):
+    """One input of the clip-api-service contract: a text, an image URL or a base64 image."""
+
+    text: Text | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Item:  # replaces the image-only rule of ImageItem
+        given = [name for name in ("text", "img_uri", "img_blob") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("exactly one of text, img_uri, img_blob is required")
         return self
 
 
