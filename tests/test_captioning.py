@@ -215,6 +215,8 @@ def test_cached_repo_id_loads_without_asking_the_hub(hub_cache, blip_dir, monkey
     # Online mode, so only the cache-first lookup keeps this from trying the (unreachable or
     # 404ing) Hub; the repo id does not exist there.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # Should it ask anyway, the question goes to a closed loopback port, not the internet.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
     repo = hub_cache / "models--clip-service-tests--no-such-blip"
     commit = "0" * 40
     shutil.copytree(blip_dir, repo / "snapshots" / commit)
