@@ -1,5 +1,6 @@
 """Routes that BentoML's API decorator cannot express, as a mounted Starlette app:
-``GET /model`` and ``POST /embeddings`` (a multipart form with caller-named fields)."""
+``GET /model``, ``POST /embeddings`` (a multipart form with caller-named fields) and the
+demo page ``GET /ui`` (static files shipped in the package, ``clip_service/ui``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .errors import InvalidInput, error_body
 from .request_ids import echo_headers, request_id
@@ -90,6 +92,12 @@ async def _embed_form(request: Request) -> dict:
     }
 
 
+async def ui_redirect(request: Request) -> RedirectResponse:
+    """GET /ui -> /ui/, relative, so the page's relative asset and API URLs resolve
+    under any prefix a proxy puts in front of the service."""
+    return RedirectResponse("ui/", status_code=308)
+
+
 def _lists(vectors: np.ndarray | list) -> list[list[float]]:
     return np.asarray(vectors, dtype=float).tolist()
 
@@ -98,5 +106,7 @@ app = Starlette(
     routes=[
         Route("/model", model_info, methods=["GET"]),
         Route("/embeddings", embeddings, methods=["POST"]),
+        Route("/ui", ui_redirect, methods=["GET", "HEAD"]),
+        Mount("/ui", StaticFiles(packages=[("clip_service", "ui")], html=True), name="ui"),
     ]
 )

@@ -1,0 +1,131 @@
+/**
+ * A small browser client for the clip-service HTTP API: one method per route.
+ *
+ * Copy it as an example: plain `fetch`, JSON in and out, no dependencies.
+ *
+ *   import { ClipClient, imageItemFromFile } from "./api.js";
+ *   const api = new ClipClient("http://localhost:3000/");
+ *   const image = await imageItemFromFile(file);          // from <input type="file">
+ *   const { caption } = await api.caption(image);
+ *   const { scores } = await api.classify(image, { labels: ["cat", "dog"] });
+ *
+ * Every method resolves to the service's JSON answer, or rejects with an `ApiError`
+ * whose `message` can be shown to a person as it is: the service's own
+ * `{"error": "<field>: <problem>"}` for a bad request, or a short explanation for an
+ * overloaded service (503), a timeout (504) or a network failure.
+ *
+ * Calling a service on another origin needs CORS enabled there (`CORS_ALLOW_ORIGINS`).
+ */
+
+/** A failed call; `status` is the HTTP status, or 0 when the service was not reached. */
+export class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+export class ClipClient {
+  /** @param {string | URL} baseUrl the service's root, e.g. "http://localhost:3000/" */
+  constructor(baseUrl) {
+    this.baseUrl = new URL(baseUrl);
+  }
+
+  /** GET /model: the served model, its backend, device, embedding size and batching. */
+  model() {
+    return this.#call("GET", "model");
+  }
+
+  /** POST /caption: `{caption}`, the BLIP caption of an image item. */
+  caption(image) {
+    return this.#call("POST", "caption", { image });
+  }
+
+  /**
+   * POST /interrogate: `{prompt, caption, mode}`, a clip-interrogator prompt.
+   * @param {object} image an image item, `{img_blob}` or `{img_uri}`
+   * @param {"best" | "classic" | "fast" | "negative"} mode
+   */
+  interrogate(image, mode = "best") {
+    return this.#call("POST", "interrogate", { image, mode });
+  }
+
+  /**
+   * POST /classify: `{scores: [{label, probability, cosine, group}]}`, the top k of each
+   * group, most probable first. Give either `labels` (your own, each put into `template`
+   * before it is encoded) or `labelSet` ("pets", "wearables": stored, with their own
+   * template).
+   */
+  classify(image, { labels, labelSet, template = "a photo of a {}", topK = 5 } = {}) {
+    const body = labelSet
+      ? { image, label_set: labelSet, top_k: topK }
+      : { image, labels, template, top_k: topK };
+    return this.#call("POST", "classify", body);
+  }
+
+  /**
+   * POST /rank: `{probabilities, cosine_similarities}`, one row per query and one column
+   * per candidate. Queries and candidates are items: `{text}`, `{img_blob}` or `{img_uri}`.
+   */
+  rank(queries, candidates) {
+    return this.#call("POST", "rank", { queries, candidates });
+  }
+
+  /** One request; resolves to the parsed JSON answer or rejects with an ApiError. */
+  async #call(method, route, body) {
+    const url = new URL(route, this.baseUrl);
+    const init = { method, headers: { accept: "application/json" } };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (cause) {
+      // fetch rejects only when no answer came at all: offline, refused, DNS, CORS.
+      throw new ApiError(`Could not reach the service at ${url.origin} (${cause.message}).`, 0);
+    }
+    const answer = await readAnswer(response);
+    if (response.ok) return answer;
+    throw new ApiError(describeFailure(response, answer), response.status);
+  }
+}
+
+/** An image item for the API from a File or Blob: `{img_blob: "<base64>"}`. */
+export function imageItemFromFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    // A data: URL, "data:<type>;base64,<data>"; the service takes the plain base64 part
+    // (it accepts "data:image/...;base64," URLs too, but a file's type may be anything).
+    reader.onload = () => resolve({ img_blob: reader.result.slice(reader.result.indexOf(",") + 1) });
+    reader.onerror = () => reject(new ApiError(`Could not read ${file.name}.`, 0));
+    reader.readAsDataURL(file);
+  });
+}
+
+/** The body as JSON when it is JSON, else as text (proxies answer errors in HTML). */
+async function readAnswer(response) {
+  const text = await response.text();
+  if (!(response.headers.get("content-type") || "").includes("json")) return text;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
+/** A sentence for a failed answer: the service's own message where it sent one. */
+function describeFailure(response, answer) {
+  const { status } = response;
+  if (status === 503) {
+    return "The service is overloaded or still starting (503). Try again in a moment.";
+  }
+  if (status === 504) {
+    return "The service took too long to answer (504). Try a faster mode or a smaller image.";
+  }
+  if (answer && typeof answer.error === "string") return answer.error; // {"error": "field: problem"}
+  if (status === 429) return "Too many requests at once (429). Try again in a moment.";
+  return `The service answered ${status} ${response.statusText}`.trim() + ".";
+}
