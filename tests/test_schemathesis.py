@@ -76,6 +76,7 @@ APIS = [
     "POST /tag",
     "POST /vectorize",
     "POST /wearable",
+    "POST /v1/embeddings",
 ]
 # Their body is any string (text/plain, binary): no request violates the document, so they
 # have no negative cases (Hypothesis finds none).
@@ -94,6 +95,7 @@ SUCCESS_EXPECTED = [
     "POST /tag",
     "POST /vectorize",
     "POST /wearable",
+    "POST /v1/embeddings",
 ]
 # An http(s) URL never reaches DNS: every generated ``img_uri`` that could name a scheme
 # (it contains ":") is replaced by this loopback URL, which the server refuses unfetched.
