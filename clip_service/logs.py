@@ -1,4 +1,5 @@
-"""The package's own log lines (label caches, request ids) in the server's log."""
+"""The package's own log lines (label caches, request ids) in the server's log, each with
+the id of the request it was written for (``-`` outside requests)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import sys
 from bentoml.exceptions import InvalidArgument as BentoInvalidArgument
 from pydantic import ValidationError
 
+from . import request_ids
 from .errors import InvalidInput
 
-_FORMAT = "%(asctime)s [%(levelname)s] [%(name)s] %(message)s"
+_FORMAT = "%(asctime)s [%(levelname)s] [%(name)s] [request_id=%(request_id)s] %(message)s"
 
 
 class DropClientErrors(logging.Filter):
@@ -22,6 +24,14 @@ class DropClientErrors(logging.Filter):
         return not isinstance(error, InvalidInput | ValidationError | BentoInvalidArgument)
 
 
+class RequestIdFilter(logging.Filter):
+    """Stamp each record with the current request's id (:mod:`.request_ids`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_ids.current()
+        return True
+
+
 def configure(level: int = logging.INFO) -> None:
     """Send ``clip_service`` records to stderr (BentoML configures only its own loggers),
     and keep client errors out of BentoML's error log."""
@@ -30,6 +40,7 @@ def configure(level: int = logging.INFO) -> None:
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%dT%H:%M:%S%z"))
+        handler.addFilter(RequestIdFilter())
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False

@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
+from clip_service import metrics
 from clip_service.interrogation.labels import LabelTable
 
 __all__ = ["EncodeTexts", "LabelCache", "LabelTables", "TableEmbeddings"]
@@ -104,6 +105,7 @@ class LabelCache:
         embeds, problem = await asyncio.to_thread(self._read, path, table, dim)
         if embeds is not None:
             self.loaded += 1
+            metrics.label_cache_lookup(table.name, "hit")
             logger.info("label table %s: loaded %s", table.name, path)
             return TableEmbeddings(table, embeds.astype(np.float32), built=False)
         if problem:
@@ -114,6 +116,7 @@ class LabelCache:
         except OSError as e:  # a read-only or full disk costs a rebuild next time, not service
             logger.warning("could not write label cache %s: %s", path, e)
         self.built += 1
+        metrics.label_cache_lookup(table.name, "rebuild" if problem else "miss")
         logger.info("label table %s: built %d embeddings into %s", table.name, len(half), path)
         return TableEmbeddings(table, half.astype(np.float32), built=True)
 
