@@ -1,0 +1,132 @@
+"""The entry service's side of a model-service outage: 503 + Retry-After, and readiness.
+
+A model service can be overloaded (BentoML sheds queued requests with 503), restarting
+(its worker died; circus starts a new one) or unreachable (another host, link down). Each
+is temporary, so the client is told to retry (503 with ``Retry-After``), never a bare 500,
+and the entry's ``/readyz`` answers 503 at once while a model service is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+from bentoml.exceptions import ServiceUnavailable
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_body
+from .middleware import send_json
+
+# Seconds a client should wait before retrying; a worker restart with real models takes
+# about this long or more, an overload clears sooner.
+RETRY_AFTER_S = 5
+UNAVAILABLE = (
+    "service unavailable: a model service is overloaded, restarting or unreachable; "
+    f"retry after {RETRY_AFTER_S} s"
+)
+
+
+# A pooled connection the server had closed, or a worker that died mid-call: not timeouts.
+RETRIED = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+class ModelServiceUnavailable(ServiceUnavailable):
+    """A model service could not be reached, or dropped the connection mid-call."""
+
+
+class Guarded:
+    """A dependency client (BentoML's aiohttp one) whose calls survive a stale connection
+    and otherwise fail with :class:`ModelServiceUnavailable` (HTTP 503), not a bare 500.
+
+    The model services close idle keep-alive connections after 5 s (uvicorn), the client
+    keeps them 15 s (aiohttp), and aiohttp does not retry a POST that meets a closed one:
+    under load a few calls fail with "Broken pipe" or "Server disconnected". The model APIs
+    are pure functions, so such a call is sent once more; a call that still cannot get an
+    answer (worker killed, host unreachable, timeout) is a 503 the client may retry.
+    """
+
+    def __init__(self, client: Any, name: str) -> None:
+        self._client, self._name = client, name
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._client, attr)
+        if attr not in getattr(self._client, "endpoints", ()):  # not an API of the service
+            return value
+
+        @functools.wraps(value)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                try:
+                    return await value(*args, **kwargs)
+                except RETRIED:
+                    return await value(*args, **kwargs)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ModelServiceUnavailable(f"{self._name}: {exc!r}") from exc
+
+        return call
+
+
+async def dependencies_ready(dependencies: Iterable[Any], timeout_s: float) -> bool:
+    """Whether every remote dependency answers its ``/readyz`` with 200 within ``timeout_s``.
+
+    BentoML's own probe waits 5 s per dependency and answers 500 when one refuses the
+    connection; this one is bounded and treats every failure as "not ready". In-process
+    dependencies (development mode) have no probe and count as ready.
+    """
+
+    async def ready(dependency: Any) -> bool:
+        probe = getattr(dependency, "is_ready", None)
+        if probe is None:
+            return True
+        try:
+            return await asyncio.wait_for(probe(max(1, int(timeout_s))), timeout_s)
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    return all(await asyncio.gather(*(ready(d) for d in dependencies)))
+
+
+class RetryAfter:
+    """Give every 503 a ``Retry-After`` header, and BentoML's generic 503 body
+    ("An unexpected error has occurred") a message that says what happened."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def retry_after_send(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                start = message
+            elif start is None or message["type"] != "http.response.body":
+                await send(message)
+            else:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _send_unavailable(send, start, b"".join(chunks))
+
+        await self.app(scope, receive, retry_after_send)
+
+
+async def _send_unavailable(send: Send, start: Message, body: bytes) -> None:
+    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"retry-after"]
+    headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
+    try:
+        error = json.loads(body).get("error", "")
+    except (ValueError, AttributeError):
+        error = ""
+    if not error or error.startswith("An unexpected error"):
+        await send_json(send, 503, error_body(UNAVAILABLE), headers)
+        return
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
