@@ -17,6 +17,7 @@ from PIL import Image
 
 from .clip_model import ModelInfo
 from .images import decode_base64, decode_image
+from .preprocess import input_size
 from .remote import RemoteModel
 from .schemas import ImageItem, Item
 from .settings import Settings
@@ -52,10 +53,16 @@ class ItemEncoder:
         return await self.decode(data, f"{field}.img_uri")
 
     async def decode(self, data: bytes, field: str) -> Image.Image:
-        """Decode off the event loop (Pillow releases the GIL)."""
+        """Decode off the event loop (Pillow releases the GIL).
+
+        With JPEG_DRAFT, JPEGs decode at reduced scale down to 2x the CLIP input size.
+        """
         max_pixels = self.settings.max_image_pixels
+        draft_to = None
+        if self.settings.jpeg_draft:
+            draft_to = 2 * input_size((await self.model_info()).preprocess)
         return await anyio.to_thread.run_sync(
-            lambda: decode_image(data, field, max_pixels=max_pixels)
+            lambda: decode_image(data, field, max_pixels=max_pixels, draft_to=draft_to)
         )
 
     async def pixels(self, image: Image.Image) -> np.ndarray:

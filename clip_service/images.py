@@ -29,11 +29,16 @@ def decode_base64(blob: str, field: str) -> bytes:
     return data
 
 
-def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
+def decode_image(
+    data: bytes, field: str, *, max_pixels: int, draft_to: int | None = None
+) -> Image.Image:
     """Bytes in any format Pillow reads -> an upright RGB image.
 
     The pixel count is checked from the header before any pixel is decoded, so a
     decompression bomb costs nothing. Transparent pixels are composited on white.
+    ``draft_to``: a JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: most
+    of the decoding work skipped) while both sides stay >= ``draft_to``; pixels then differ
+    slightly from a full decode followed by the same resize (README, "JPEG draft decoding").
     """
     if not data:
         raise InvalidInput(field, "empty image")
@@ -47,6 +52,8 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
                     f"image of {image.width}x{image.height} pixels exceeds the limit of "
                     f"{max_pixels} pixels",
                 )
+            if draft_to is not None and image.format == "JPEG":
+                image.draft(None, (draft_to, draft_to))
             image.load()
             image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -25,6 +25,16 @@ class PreprocessConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def input_size(config: PreprocessConfig) -> int:
+    """The longest side, in pixels, of the images the model sees."""
+    params = config.params
+    if config.kind == "open_clip":
+        size = params["size"]
+        return int(max(size) if isinstance(size, list | tuple) else size)
+    size = params["crop_size"] if params.get("do_center_crop") else params["size"]
+    return int(max(size.values()) if isinstance(size, dict) else size)
+
+
 def build_preprocessor(config: PreprocessConfig) -> Preprocessor:
     """PIL image -> (3, H, W) float32 array, exactly as the model's library prepares it."""
     if config.kind == "open_clip":

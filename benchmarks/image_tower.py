@@ -1,0 +1,160 @@
+"""CLIP tower speed and accuracy per CLIP_PRECISION / IMAGE_RUNTIME, in-process on CPU.
+
+Loads a full-size random-weight open_clip model (the speed of real weights) once per
+configuration through ``load_clip_model`` (the served code path, ONNX export included),
+then times the image tower side by side, interleaved, best of N rounds, and compares image
+and text embeddings with the fp32 eager model (cosine). Prints a markdown table.
+
+    python benchmarks/image_tower.py [--model ViT-B-32] [--batches 1 8] [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import open_clip
+import torch
+
+from clip_service.clip_model import ClipModel, load_clip_model
+from clip_service.image_runtime import min_cosine
+from clip_service.specs import ClipSpec
+
+TEXTS = [
+    "a photo of a cat",
+    "a watercolor painting of a lighthouse at dusk, trending on artstation",
+    "diagram",
+    "two people riding bicycles along a canal in amsterdam in the rain",
+] * 4
+
+# (label, CLIP_PRECISION, IMAGE_RUNTIME)
+CONFIGS = [
+    ("fp32 torch (eager)", "fp32", "torch"),
+    ("fp32 onnxruntime", "fp32", "onnx"),
+    ("bf16 torch (weights converted)", "bf16", "torch"),
+    ("int8 onnxruntime (dynamic quant.)", "int8", "onnx"),
+]
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def load(model: str, precision: str, runtime: str, cache: Path) -> tuple[ClipModel, float]:
+    torch.manual_seed(0)  # the same random weights for every configuration
+    start = time.perf_counter()
+    clip = load_clip_model(
+        ClipSpec(model, "open_clip", model), "cpu", True, precision, runtime, cache
+    )
+    return clip, time.perf_counter() - start
+
+
+def torch_int8_tower(fp32: ClipModel) -> Callable[[np.ndarray], np.ndarray]:
+    """torch's dynamic quantisation of the image tower's Linear layers (not offered: compared)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    visual = quantize_dynamic(fp32.model.visual, {torch.nn.Linear}, dtype=torch.qint8)
+
+    @torch.inference_mode()
+    def run(pixels: np.ndarray) -> np.ndarray:
+        return visual(torch.from_numpy(pixels)).numpy()
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+
+    rng = np.random.default_rng(0)
+    runs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
+    rows: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as cache:
+        for label, precision, runtime in CONFIGS:
+            clip, load_s = load(args.model, precision, runtime, Path(cache))
+            if not runs:
+                reference = clip
+                size = int(clip.model.visual.image_size[0])
+                check = rng.standard_normal((16, 3, size, size), dtype=np.float32)
+                expected_images = clip.encode_images(check)
+                expected_texts = clip.encode_texts(TEXTS)
+            info = clip.info()
+            runs[label] = clip.encode_images
+            rows[label] = {
+                "runtime": f"{info.image_runtime} / {info.precision}",
+                "load": load_s,
+                "image cos": min_cosine(clip.encode_images(check), expected_images),
+                "text cos": min_cosine(clip.encode_texts(TEXTS), expected_texts),
+            }
+        _, reload_s = load(args.model, "fp32", "onnx", Path(cache))
+        rows["fp32 onnxruntime"]["load"] = (
+            f"{rows['fp32 onnxruntime']['load']:.1f} (cached: {reload_s:.1f})"
+        )
+    label = "int8 torch quantize_dynamic (not offered)"
+    runs[label] = torch_int8_tower(reference)
+    rows[label] = {
+        "runtime": "torch / int8",
+        "load": "-",
+        "image cos": min_cosine(runs[label](check), expected_images),
+        "text cos": "-",
+    }
+
+    speeds: dict[tuple[str, int], float] = {}
+    for batch in args.batches:
+        pixels = (
+            check[:batch] if batch <= len(check) else np.resize(check, (batch, *check.shape[1:]))
+        )
+        best = dict.fromkeys(runs, float("inf"))
+        for run in runs.values():
+            run(pixels)  # warm-up
+        for _ in range(args.rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                run(pixels)
+                best[name] = min(best[name], time.perf_counter() - start)
+        for name in runs:
+            speeds[name, batch] = batch / best[name]
+
+    base = CONFIGS[0][0]
+    print(f"# Image tower, {args.model} (random weights), CPU\n")
+    print(
+        f"Machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, open_clip {open_clip.__version__}, "
+        f"Python {platform.python_version()}.  "
+    )
+    print(f"Command: `python {' '.join(sys.argv)}` (best of {args.rounds} interleaved rounds).\n")
+    batch_cols = " | ".join(f"img/s b{b} (x eager)" for b in args.batches)
+    head = "configuration | runtime / precision | load s | min image cos | min text cos"
+    print(f"| {head} | {batch_cols} |")
+    print("|---" * (5 + len(args.batches)) + "|")
+    for name, row in rows.items():
+        cells = [
+            f"{speeds[name, b]:.1f} ({speeds[name, b] / speeds[base, b]:.2f}x)"
+            for b in args.batches
+        ]
+        load_cell = row["load"] if isinstance(row["load"], str) else f"{row['load']:.1f}"
+        cos = [
+            f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]
+            for k in ("image cos", "text cos")
+        ]
+        cells = [str(row["runtime"]), load_cell, *cos, *cells]
+        print(f"| {name} | {' | '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    main()
