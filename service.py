@@ -12,15 +12,23 @@ from starlette.middleware.cors import CORSMiddleware
 
 from clip_service import form_routes, logs
 from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score
+from clip_service.draining import GracefulShutdown
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.pipeline import InterrogationPipeline
 from clip_service.middleware import BodyGuard, ErrorShape
 from clip_service.multipart import MultipartForms
+from clip_service.openai_embeddings import (
+    EmbeddingInput,
+    EmbeddingsResult,
+    EncodingFormat,
+    Modality,
+    OpenAIEmbeddings,
+)
 from clip_service.ranking import rank
 from clip_service.request_ids import HEADERS as REQUEST_ID_HEADERS
-from clip_service.request_ids import echo_headers, request_id
+from clip_service.request_ids import RequestIds, echo_headers, request_id
 from clip_service.schemas import (
     AnalyzeResult,
     CaptionResult,
@@ -38,6 +46,7 @@ from clip_service.schemas import (
     WearableResult,
 )
 from clip_service.settings import get_settings
+from clip_service.upstream import Guarded, RetryAfter, dependencies_ready
 from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
 
@@ -68,15 +77,25 @@ LabelSetName = Literal[tuple(LABEL_SETS)]
     traffic={"timeout": settings.request_timeout_s},
 )
 class ClipApi:
-    encoder = bentoml.depends(ClipEncoder)
-    captioner = bentoml.depends(BlipCaptioner)
+    # Each model service runs beside this one unless its URL is set (split deployment).
+    encoder = bentoml.depends(ClipEncoder, url=settings.clip_encoder_url)
+    captioner = bentoml.depends(BlipCaptioner, url=settings.captioner_url)
 
     def __init__(self) -> None:
-        self.items = ItemEncoder(self.encoder.to_async, settings)
+        self.items = ItemEncoder(Guarded(self.encoder.to_async, "ClipEncoder"), settings)
         self.interrogation = InterrogationPipeline(
-            self.items, self.captioner.to_async, settings.label_cache_dir
+            self.items,
+            Guarded(self.captioner.to_async, "BlipCaptioner"),
+            settings.label_cache_dir,
+            settings.exact_label_tables,
         )
         self.classifier = Classifier(self.items)
+        self.openai = OpenAIEmbeddings(self.items)
+
+    async def __is_ready__(self) -> bool:
+        """/readyz: 503 at once while a model service is down, restarting or unreachable."""
+        dependencies = (self.encoder, self.captioner)
+        return await dependencies_ready(dependencies, settings.readiness_timeout_s)
 
     @bentoml.on_startup
     async def build_label_tables(self) -> None:
@@ -87,6 +106,24 @@ class ClipApi:
     async def encode(self, items: Items, /) -> list[list[float]]:
         """Texts and images to CLIP embeddings (raw model outputs), in input order."""
         return (await self.items.encode_items(items, "items")).tolist()
+
+    @bentoml.api(route="/v1/embeddings")
+    async def openai_embeddings(
+        self,
+        input: EmbeddingInput,
+        model: str | None = None,
+        encoding_format: EncodingFormat = "float",
+        dimensions: Annotated[int, Field(ge=1)] | None = None,
+        user: str | None = None,
+        modality: Modality | None = None,
+    ) -> EmbeddingsResult:
+        """OpenAI's embeddings API (clients use base URL ``{server}/v1``), texts and images.
+
+        ``model`` and ``user`` are accepted and ignored (the answer names the served model);
+        ``modality`` (infinity-emb's extension) is ``text`` or ``image`` for every input;
+        without it, ``data:image/`` URIs are images and other strings texts.
+        """
+        return await self.openai.create(input, encoding_format, dimensions, modality)
 
     @bentoml.api(route="/rank")
     async def rank(self, queries: Items, candidates: Items) -> RankResult:
@@ -205,6 +242,9 @@ if settings.cors_origins:
         allow_headers=["*"],
         expose_headers=list(REQUEST_ID_HEADERS),
     )
+ClipApi.add_asgi_middleware(GracefulShutdown, role="entry")
+ClipApi.add_asgi_middleware(RequestIds)
+ClipApi.add_asgi_middleware(RetryAfter)
 ClipApi.add_asgi_middleware(ErrorShape)
 ClipApi.add_asgi_middleware(
     BodyGuard,

@@ -165,12 +165,19 @@ def main() -> None:
     start = time.perf_counter()
     encoder = production_encoder(settings)
 
-    async def encode(texts: Sequence[str]) -> np.ndarray:
+    async def exact(texts: Sequence[str]) -> np.ndarray:
+        return encoder.encode_texts_full_context(list(texts))
+
+    async def trimmed(texts: Sequence[str]) -> np.ndarray:
         return encoder.encode_texts(list(texts))
 
     add(
-        "ours in-process (`LabelCache`, production model)",
-        *asyncio.run(our_build(table, work / "ours", key, encode)),
+        "ours in-process, `EXACT_LABEL_TABLES=true` (default: the library's float16 values)",
+        *asyncio.run(our_build(table, work / "ours-exact", key, exact)),
+    )
+    add(
+        "ours in-process, `EXACT_LABEL_TABLES=false` (trimmed text tower)",
+        *asyncio.run(our_build(table, work / "ours", key, trimmed)),
     )
     timings["ours in-process"] = time.perf_counter() - start
 
@@ -192,7 +199,7 @@ def main() -> None:
         ):
             notes["ours GET /model"] = f"`{model_answer(url)}`"
             add(
-                "ours served (`LabelCache` over `POST /encode`)",
+                "ours served, trimmed (`LabelCache` over `POST /encode`)",
                 *asyncio.run(served_build(url, table, work / "served", key)),
             )
         timings["ours served"] = time.perf_counter() - start

@@ -94,12 +94,13 @@ def load_model(settings: Settings) -> ClipModel:
     )
 
 
-def warm_label_cache(model: ClipModel, directory: Path) -> LabelCache:
+def warm_label_cache(model: ClipModel, directory: Path, exact: bool) -> LabelCache:
     """Load or build every label table into ``directory``, keyed as the server keys them
-    (by the model spec string the server is given), so it finds them valid and reuses them."""
+    (by the model spec string the server is given), so it finds them valid and reuses them;
+    ``exact`` is the server's EXACT_LABEL_TABLES (whole context, as clip-interrogator)."""
 
     async def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode_texts(texts)
+        return model.encode_texts(texts, full_context=exact)
 
     cache = LabelCache(directory, model.info().spec, encode)
     asyncio.run(cache.embed_all(read_label_tables()))
@@ -189,7 +190,7 @@ def build(
         model = load_model(settings)
 
         def label_cache(target: Path) -> None:
-            cache = warm_label_cache(model, settings.label_cache_dir)
+            cache = warm_label_cache(model, settings.label_cache_dir, settings.exact_label_tables)
             target.mkdir(parents=True)
             for table in read_label_tables().values():
                 shutil.copy2(cache.path(table), target)
@@ -235,7 +236,9 @@ def warm_cache(model_name: str, label_cache_dir: Path | None) -> None:
     serve with the same CLIP_MODEL string and it loads them instead of encoding ~112k texts.
     """
     settings = settings_with(clip_model=model_name, label_cache_dir=label_cache_dir)
-    cache = warm_label_cache(load_model(settings), settings.label_cache_dir)
+    cache = warm_label_cache(
+        load_model(settings), settings.label_cache_dir, settings.exact_label_tables
+    )
     click.echo(
         f"label tables for {model_name!r} in {settings.label_cache_dir}: "
         f"{cache.built} built, {cache.loaded} already there"

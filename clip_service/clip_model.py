@@ -11,14 +11,20 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel
 
-from .preprocess import PreprocessConfig
+from .precision import PrecisionSetting, RuntimeSetting, plan
+from .preprocess import PreprocessConfig, input_size
 from .specs import ClipSpec
+from .text_prefix import PrefixTower, encode_sharing_prefix
+
+if TYPE_CHECKING:
+    from .image_runtime import OnnxImageTower
 
 
 class ModelUnavailableError(RuntimeError):
@@ -34,7 +40,11 @@ class ModelInfo(BaseModel):
     logit_scale: float
     context_length: int
     device: str
+    # dtype of the torch weights; precision and image_runtime say how images are encoded
+    # (int8: ONNX Runtime's quantised image tower, fp32 torch text tower).
     dtype: str
+    precision: str
+    image_runtime: str
     preprocess: PreprocessConfig
 
 
@@ -46,6 +56,11 @@ class ClipModel(ABC):
     dtype: torch.dtype
     embedding_size: int
     context_length: int
+    # Text padded only to each batch's longest text (and prefixes shared), not the context.
+    trim_text: bool
+    precision: str = "fp32"
+    # Set by load_clip_model when ONNX Runtime runs the image tower.
+    onnx_image: OnnxImageTower | None = None
 
     @property
     @abstractmethod
@@ -60,15 +75,21 @@ class ClipModel(ABC):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     @abstractmethod
-    def _tokenize(self, texts: list[str]) -> Any:
+    def _tokenize(self, texts: list[str], trim: bool) -> Any:
         """Model inputs for ``texts``, truncated to the context (runs outside the lock)."""
 
     @abstractmethod
-    def _text_features(self, tokens: Any) -> torch.Tensor: ...
+    def _text_features(self, tokens: Any, trim: bool) -> torch.Tensor:
+        """``trim``: run only up to the longest text, else through the whole context."""
 
     @abstractmethod
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts before truncation, start and end markers included."""
+
+    def _prefix_inputs(self, tokens: Any) -> tuple[PrefixTower, torch.Tensor, torch.Tensor] | None:
+        """The text tower taken apart, token ids and end-of-text positions for ``tokens``;
+        None where the tower is not one :mod:`.text_prefix` knows (or trimming is off)."""
+        return None
 
     # One forward pass at a time per process: the image and text batchers run in threads, and
     # concurrent passes would only split the same cores while making numerics depend on
@@ -78,19 +99,51 @@ class ClipModel(ABC):
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, d) float32 embeddings."""
-        batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         with self._forward_lock:
-            features = self._image_features(batch.to(self.device, self.dtype))
+            if self.onnx_image is not None:
+                return self.onnx_image(pixels)
+            features = self._image_features(torch.from_numpy(pixels).to(self.device, self.dtype))
         return features.float().cpu().numpy()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (n, d) float32 embeddings; texts over the context are truncated."""
+    def encode_texts(self, texts: Sequence[str], full_context: bool = False) -> np.ndarray:
+        """Texts -> (n, d) float32 embeddings; texts over the context are truncated.
+
+        ``full_context`` runs every text through the whole context even when trimming is on,
+        as the libraries' own code does, so the result is theirs bit for bit (same device,
+        same batch). clip-interrogator's label tables need that: they are rounded to float16
+        and ranked among ~112k near neighbours, where trimming's rounding (~1e-6) flips
+        float16 roundings and with them near-ties.
+        """
         if not texts:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        tokens = self._tokenize(list(texts))
+        trim = self.trim_text and not full_context
+        tokens = self._tokenize(list(texts), trim)
         with self._forward_lock:
-            features = self._text_features(tokens)
+            features = self._text_features(tokens, trim)
+        return features.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`encode_texts` for texts that share a long token prefix (a chain step).
+
+        Texts are tokenized (and truncated) as usual; their longest common token prefix runs
+        through the tower once and each text's suffix is then run against its keys/values
+        (:mod:`.text_prefix`), in bounded chunks. Equal to :meth:`encode_texts` up to float
+        rounding. Towers other than open_clip's standard ``CLIP`` and transformers'
+        ``CLIPTextModel``, and models loaded with text trimming off, take the plain path:
+        same result, without the saving.
+        """
+        if not texts:
+            return np.zeros((0, self.embedding_size), dtype=np.float32)
+        tokens = self._tokenize(list(texts), self.trim_text)
+        split = self._prefix_inputs(tokens)
+        if split is None:
+            with self._forward_lock:
+                features = self._text_features(tokens, self.trim_text)
+        else:
+            features = encode_sharing_prefix(*split, self._forward_lock)
         return features.float().cpu().numpy()
 
     def info(self) -> ModelInfo:
@@ -102,35 +155,65 @@ class ClipModel(ABC):
             context_length=self.context_length,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
+            precision=self.precision,
+            image_runtime="onnxruntime" if self.onnx_image is not None else "torch",
             preprocess=self.preprocess_config,
         )
 
 
-def pick_device(setting: str) -> tuple[torch.device, torch.dtype]:
-    """``auto``: CUDA with fp16 when present, else CPU with fp32."""
+def pick_device(setting: str) -> torch.device:
+    """``auto``: CUDA when present, else CPU (precision: :func:`.precision.plan`)."""
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda"), torch.float16
-    return torch.device("cpu"), torch.float32
+        return torch.device("cuda")
+    return torch.device("cpu")
 
 
 def load_clip_model(
-    spec: ClipSpec, device_setting: str = "auto", trim_text: bool = False
+    spec: ClipSpec,
+    device_setting: str = "auto",
+    trim_text: bool = True,
+    precision: PrecisionSetting = "auto",
+    image_runtime: RuntimeSetting = "torch",
+    onnx_cache_dir: Path | None = None,
 ) -> ClipModel:
     """Load ``spec`` with its own library; raise :class:`ModelUnavailableError` on failure.
 
-    ``trim_text`` runs open_clip's text tower only up to each batch's longest text.
+    ``trim_text`` runs the text tower only up to each batch's longest text (and lets
+    :meth:`ClipModel.encode_texts_sharing_prefix` share prefixes); off, every text runs
+    through the whole context, as the libraries' own reference code does.
+    ``precision`` and ``image_runtime`` are resolved by :func:`.precision.plan` (which
+    raises on impossible combinations); the ONNX image tower is cached in ``onnx_cache_dir``.
     """
-    device, dtype = pick_device(device_setting)
+    run = plan(pick_device(device_setting), precision, image_runtime)
+    # int8 and bf16 start from fp32 weights: int8 quantises an fp32 export, and open_clip
+    # builds bf16 only as mixed precision; both are converted below.
+    dtype = torch.float16 if run.precision == "fp16" else torch.float32
     try:
         if spec.backend == "open_clip":
             from .backends.open_clip_backend import OpenClipModel
 
-            return OpenClipModel(spec, device, dtype, trim_text)
-        from .backends.transformers_backend import TransformersClipModel
+            model: ClipModel = OpenClipModel(spec, run.device, dtype, trim_text)
+        else:
+            from .backends.transformers_backend import TransformersClipModel
 
-        return TransformersClipModel(spec, device, dtype)
+            model = TransformersClipModel(spec, run.device, dtype, trim_text)
     except (OSError, RuntimeError, ValueError) as exc:
         raise ModelUnavailableError(unavailable_message(spec, exc)) from exc
+    model.precision = run.precision
+    if run.image_runtime == "onnx":
+        from .image_runtime import load_onnx_image_tower
+
+        size = input_size(model.preprocess_config)
+        cache = onnx_cache_dir or Path.home() / ".cache" / "clip-service" / "onnx"
+        model.onnx_image = load_onnx_image_tower(
+            model.model, model._image_features, size, run.precision, cache
+        )
+        if model.onnx_image is None:  # warned; the image tower runs in fp32 eager torch
+            model.precision = "fp32" if run.precision == "int8" else run.precision
+    if run.dtype != dtype:
+        model.model.to(run.dtype)
+        model.dtype = run.dtype
+    return model
 
 
 def unavailable_message(spec: ClipSpec, exc: BaseException) -> str:

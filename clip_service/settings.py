@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .precision import PrecisionSetting, RuntimeSetting
 from .url_fetch import UrlPolicy
 
 
@@ -21,8 +22,18 @@ class Settings(BaseSettings):
 
     clip_model: str = "ViT-B-32:openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # open_clip text tower only up to each batch's longest text (README, "Settings").
-    trim_text_padding: bool = False
+    # Text tower only up to each batch's longest text, and chain steps' shared prefix run
+    # once; false: every text through the whole context, as the libraries do (README).
+    trim_text_padding: bool = True
+    # Numerics and kernels of the CLIP towers (README, "Precision and image runtime"):
+    # fp32 on CPU / fp16 on CUDA by default; bf16 and int8 are opt-in approximations.
+    clip_precision: PrecisionSetting = "auto"
+    # auto: ONNX Runtime for the image tower on CPU when it matches eager torch, else torch.
+    image_runtime: RuntimeSetting = "auto"
+    onnx_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "onnx"
+    # Decode JPEGs at reduced scale (>= 2x the model input) before resizing: much faster for
+    # large photos, embeddings change slightly (README, "JPEG draft decoding").
+    jpeg_draft: bool = False
 
     # Adaptive batching of the ClipEncoder service. max_latency_ms is BentoML's latency
     # *budget*: a request is shed with 503 when queue wait + predicted batch time exceeds it,
@@ -37,6 +48,8 @@ class Settings(BaseSettings):
     # The entry service's limit for one request (BentoML answers 504 past it). The first
     # interrogation after a new CLIP model waits for the label tables to be built.
     request_timeout_s: float = Field(600, gt=0)
+    # On SIGTERM a model service serves on until idle this long (the entry service is done).
+    shutdown_quiet_s: float = Field(5.0, ge=0)
 
     # BLIP captioner service; generation defaults are clip-interrogator 0.6.0's.
     caption_model: str = "blip-base"
@@ -47,6 +60,17 @@ class Settings(BaseSettings):
     caption_min_length: int | None = Field(None, ge=0)
     caption_repetition_penalty: float | None = Field(None, gt=0)
 
+    # Split deployment: the model services' base URLs (each its own `bentoml serve`, host or
+    # Kubernetes Service). Unset: `bentoml serve` starts them beside the entry service.
+    clip_encoder_url: str | None = None
+    captioner_url: str | None = None
+    # The entry's /readyz waits at most this long for each model service's /readyz.
+    readiness_timeout_s: float = Field(2.0, gt=0)
+
+    # Label tables through the whole context, as clip-interrogator 0.6.0 builds them: the
+    # same float16 values, so prompts equal the library's even at exact ties. false: built
+    # with the trimmed text tower, ~8x faster, ~0.2% of values one float16 step off (README).
+    exact_label_tables: bool = True
     # Interrogation label-table embeddings, one safetensors file per model and table.
     label_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "label-embeddings"
 

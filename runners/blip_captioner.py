@@ -15,8 +15,9 @@ from clip_service.captioning import (
     CaptionPreprocessor,
     GenerationSettings,
 )
+from clip_service.metrics import batch_metrics
 from clip_service.settings import get_settings
-from runners.model_service import exit_unless_loadable, model_service_config
+from runners.model_service import drain_on_sigterm, exit_unless_loadable, model_service_config
 
 settings = get_settings()
 
@@ -43,6 +44,7 @@ class BlipCaptioner:
         max_batch_size=settings.caption_max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
+    @batch_metrics("BlipCaptioner", "caption")
     def caption(self, pixels: np.ndarray) -> list[str]:
         """(n, 3, H, W) preprocessed pixels -> n captions."""
         return self.captioner.caption_pixels(pixels)
@@ -50,3 +52,6 @@ class BlipCaptioner:
     @bentoml.api
     def info(self) -> CaptionerInfo:
         return self.captioner.info()
+
+
+drain_on_sigterm(BlipCaptioner)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.clip_model import ModelInfo, load_clip_model
+from clip_service.clip_model import ModelInfo, load_clip_model, pick_device
 from clip_service.hub import fetch_clip_files
+from clip_service.metrics import batch_metrics
+from clip_service.precision import plan
 from clip_service.settings import get_settings
 from clip_service.specs import parse_clip_spec
-from runners.model_service import exit_unless_loadable, model_service_config
+from runners.model_service import drain_on_sigterm, exit_unless_loadable, model_service_config
 
 settings = get_settings()
 
@@ -25,16 +27,26 @@ class ClipEncoder:
     def fetch_model() -> None:
         """Runs once in the serving process: download, or exit with one clear line."""
         exit_unless_loadable(lambda: fetch_clip_files(parse_clip_spec(settings.clip_model)))
+        device = pick_device(settings.device)
+        exit_unless_loadable(lambda: plan(device, settings.clip_precision, settings.image_runtime))
 
     def __init__(self) -> None:
         spec = parse_clip_spec(settings.clip_model)
-        self.model = load_clip_model(spec, settings.device, settings.trim_text_padding)
+        self.model = load_clip_model(
+            spec,
+            settings.device,
+            settings.trim_text_padding,
+            settings.clip_precision,
+            settings.image_runtime,
+            settings.onnx_cache_dir,
+        )
 
     @bentoml.api(
         batchable=True,
         max_batch_size=settings.image_max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
+    @batch_metrics("ClipEncoder", "encode_images")
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 3, H, W) preprocessed pixels -> (n, d) raw image embeddings."""
         return self.model.encode_images(pixels)
@@ -44,9 +56,28 @@ class ClipEncoder:
         max_batch_size=settings.text_max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
+    @batch_metrics("ClipEncoder", "encode_texts")
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> (n, d) raw text embeddings (truncated to the model's context)."""
         return self.model.encode_texts(texts)
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.text_max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+    def encode_texts_full_context(self, texts: list[str]) -> np.ndarray:
+        """Texts -> raw embeddings, each run through the whole context even when trimming
+        is on: clip-interrogator's label tables, whose float16 rounding must be the library's."""
+        return self.model.encode_texts(texts, full_context=True)
+
+    @bentoml.api
+    def encode_texts_sharing_prefix(self, texts: list[str]) -> np.ndarray:
+        """Texts sharing a long prefix (one interrogation chain step) -> raw embeddings.
+
+        Not batched: a chain step is already a batch, and its prefix runs once.
+        """
+        return self.model.encode_texts_sharing_prefix(texts)
 
     @bentoml.api
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -55,3 +86,6 @@ class ClipEncoder:
     @bentoml.api
     def info(self) -> ModelInfo:
         return self.model.info()
+
+
+drain_on_sigterm(ClipEncoder)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from clip_service.clip_model import ModelUnavailableError
+from clip_service.draining import GracefulShutdown
 from clip_service.settings import get_settings
 from clip_service.specs import ModelSpecError
 
@@ -22,6 +23,17 @@ def model_service_config(name: str, workers: int) -> dict[str, Any]:
         "traffic": {"timeout": get_settings().max_latency_ms / 1000 + 60},
         "runner_connection": NEVER_RECYCLE,
     }
+
+
+def drain_on_sigterm(service: Any) -> None:
+    """On SIGTERM, serve the entry service's requests in flight before stopping."""
+    settings = get_settings()
+    service.add_asgi_middleware(
+        GracefulShutdown,
+        role="model",
+        quiet_s=settings.shutdown_quiet_s,
+        max_drain_s=settings.request_timeout_s + settings.shutdown_quiet_s,
+    )
 
 
 def exit_unless_loadable(check: Callable[[], object]) -> None:

@@ -59,6 +59,10 @@ def serve_env(tmp_home: Path, **env: str) -> dict[str, str]:
         "BENTOML_HOME": str(tmp_home),
         "BENTOML_DO_NOT_TRACK": "true",
         "HF_HUB_OFFLINE": "1",
+        # Tests stop servers with SIGTERM; a short drain keeps teardown quick.
+        "SHUTDOWN_QUIET_S": "1",
+        # One ONNX export per tiny model for the whole session (keyed by weights).
+        "ONNX_CACHE_DIR": str(tmp_home.parent / "onnx-cache"),
         **env,
     }
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from clip_service.clip_model import load_clip_model
+from clip_service.backends.open_clip_backend import OpenClipModel
+from clip_service.clip_model import ClipModel, load_clip_model
 from clip_service.specs import parse_clip_spec
+from clip_service.text_prefix import encode_sharing_prefix, shared_prefix_length
 
 TEXTS = ["a cat", "a very long description of a painting " * 20, "x", "two words"]
 
@@ -36,30 +40,76 @@ def test_empty_text_list(model):
     assert model.encode_texts([]).shape == (0, model.embedding_size)
 
 
-@torch.inference_mode()
-def test_transformers_padding_to_longest_equals_full_context(tiny_models):
-    path = str(tiny_models["hf-clip"])
-    reference, tokenizer = (
-        CLIPModel.from_pretrained(path).eval(),
-        CLIPTokenizer.from_pretrained(path),
-    )
-    batch = tokenizer(
-        TEXTS, padding="max_length", truncation=True, max_length=77, return_tensors="pt"
-    )
-    expected = reference.get_text_features(**batch).pooler_output.numpy()
-    ours = load_clip_model(parse_clip_spec(path), "cpu").encode_texts(TEXTS)
+def full_context_reference(model: ClipModel, texts: list[str]) -> np.ndarray:
+    """The library's own text features with every text padded to the 77-token context."""
+    with torch.inference_mode():
+        if isinstance(model, OpenClipModel):
+            return model.model.encode_text(model.tokenizer(texts)).numpy()
+        reference = CLIPModel.from_pretrained(model.spec.name).eval()
+        batch = CLIPTokenizer.from_pretrained(model.spec.name)(
+            texts, padding="max_length", truncation=True, max_length=77, return_tensors="pt"
+        )
+        return reference.get_text_features(**batch).pooler_output.numpy()
+
+
+def assert_close_to(ours: np.ndarray, expected: np.ndarray) -> None:
+    cosine = (ours * expected).sum(-1) / np.linalg.norm(ours, axis=-1)
+    cosine /= np.linalg.norm(expected, axis=-1)
+    assert cosine.min() > 0.99999
     np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
-@torch.inference_mode()
-def test_open_clip_trimmed_text_tower_equals_full_context(tiny_models):
-    spec = parse_clip_spec(f"local-dir:{tiny_models['open-clip']}")
-    ours = load_clip_model(spec, "cpu", trim_text=True)
-    assert ours.trim_text
-    texts = [*TEXTS, "ends with a bang!", "!!!", "a" * 400]
-    expected = ours.model.encode_text(ours.tokenizer(texts)).numpy()
-    np.testing.assert_allclose(ours.encode_texts(texts), expected, atol=2e-6)
+# A chain step: one prompt plus each candidate, some past the context (truncated), the prompt
+# alone (the shared prefix is then all of it but its end token), and a duplicate.
+PROMPT = "a painting of a cat sitting on a table, oil on canvas, highly detailed, by a master"
+CANDIDATES = ["red", "a very long list of words " * 12, "dramatic lighting", "red", "!!!"]
+CHAIN_STEP = [PROMPT, *(f"{PROMPT}, {c}" for c in CANDIDATES), PROMPT + " x" * 70]
+
+
+def test_text_padding_is_trimmed_by_default(model):
+    assert model.trim_text
     short = ["a cat", "a dog"]  # a batch of short texts runs on 4 of 77 positions
+    for texts in (short, [*TEXTS, "ends with a bang!", "!!!", "a" * 400]):
+        assert_close_to(model.encode_texts(texts), full_context_reference(model, texts))
+
+
+def test_untrimmed_model_pads_to_the_context(model):
+    full = load_clip_model(model.spec, "cpu", trim_text=False)
+    assert not full.trim_text
     np.testing.assert_allclose(
-        ours.encode_texts(short), ours.model.encode_text(ours.tokenizer(short)).numpy(), atol=2e-6
+        full.encode_texts(TEXTS), full_context_reference(model, TEXTS), atol=1e-6
     )
+    # Prefix sharing is part of trimming: untrimmed, it is the plain path.
+    np.testing.assert_array_equal(
+        full.encode_texts_sharing_prefix(CHAIN_STEP), full.encode_texts(CHAIN_STEP)
+    )
+
+
+def test_full_context_is_the_library_computation(model):
+    """Bit for bit, whatever the trimming: clip-interrogator's label tables depend on it."""
+    assert model.trim_text
+    texts = [*TEXTS, "a cat"]
+    ours = model.encode_texts(texts, full_context=True)
+    np.testing.assert_array_equal(ours, full_context_reference(model, texts))
+
+
+def test_prefix_shared_encoding_equals_full_context(model):
+    tower, ids, eot = model._prefix_inputs(model._tokenize(CHAIN_STEP, True))
+    assert shared_prefix_length(ids, eot) == int(eot[0]) > 15  # all of PROMPT is shared
+    assert max(model.count_tokens(CHAIN_STEP)) > model.context_length
+    expected = full_context_reference(model, CHAIN_STEP)
+    assert_close_to(model.encode_texts_sharing_prefix(CHAIN_STEP), expected)
+    # Small chunks (a few texts each, by suffix length) give the same.
+    chunked = encode_sharing_prefix(tower, ids, eot, nullcontext(), chunk_tokens=40)
+    assert_close_to(chunked.numpy(), expected)
+    assert model.encode_texts_sharing_prefix([]).shape == (0, model.embedding_size)
+
+
+def test_texts_without_a_common_prefix(model):
+    _, ids, eot = model._prefix_inputs(model._tokenize(TEXTS, True))
+    assert shared_prefix_length(ids, eot) == 1  # the start token
+    assert_close_to(model.encode_texts_sharing_prefix(TEXTS), full_context_reference(model, TEXTS))
+    same = ["a cat", "a cat"]
+    _, ids, eot = model._prefix_inputs(model._tokenize(same, True))
+    assert shared_prefix_length(ids, eot) == 3  # each keeps its end token
+    assert_close_to(model.encode_texts_sharing_prefix(same), full_context_reference(model, same))

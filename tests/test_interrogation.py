@@ -33,6 +33,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
+from clip_service.clip_model import ClipModel, load_clip_model
 from clip_service.interrogation import (
     ANALYZE_TABLES,
     Interrogator,
@@ -43,6 +44,7 @@ from clip_service.interrogation import (
     read_label_tables,
 )
 from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES, package_data_dir
+from clip_service.specs import parse_clip_spec
 from clip_service.tiny_models import make_blip, make_open_clip
 
 pytestmark = pytest.mark.filterwarnings(
@@ -76,23 +78,31 @@ MODE_CASES = [  # (mode, image seed, caption, extra arguments)
 
 
 class OpenClipTextEncoder:
-    """The TextEncoder protocol over an in-process open_clip model, counting its work."""
+    """The TextEncoder protocol over the service's in-process ClipModel, counting its work."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: SimpleTokenizer) -> None:
+    def __init__(self, model: ClipModel) -> None:
         self.model = model
-        self.tokenizer = tokenizer
-        self.context_length = tokenizer.context_length
+        self.context_length = model.context_length
         self.calls = 0
         self.batch_sizes: list[int] = []
 
     async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         self.calls += 1
         self.batch_sizes.append(len(texts))
-        with torch.inference_mode():
-            return self.model.encode_text(self.tokenizer(list(texts))).numpy()
+        return self.model.encode_texts(texts)
+
+    async def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += 1
+        self.batch_sizes.append(len(texts))
+        return self.model.encode_texts_sharing_prefix(texts)
+
+    async def encode_texts_full_context(self, texts: Sequence[str]) -> np.ndarray:
+        """What the label tables are built with (EncoderTextTower does the same)."""
+        self.calls += 1
+        return self.model.encode_texts(texts, full_context=True)
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return [len(self.tokenizer.encode(text)) + 2 for text in texts]
+        return self.model.count_tokens(texts)
 
 
 class TinyClip:
@@ -100,6 +110,8 @@ class TinyClip:
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(f"local-dir:{path}")
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
+        # The service's own model, with its default (trimmed) text paths, on the same weights.
+        self.ours = load_clip_model(parse_clip_spec(f"local-dir:{path}"), "cpu")
 
     def image_features(self, image: Image.Image) -> np.ndarray:
         """Raw (un-normalised) features, as the encoder service returns them."""
@@ -161,7 +173,7 @@ def library_config(clip: TinyClip, data_path: Path, cache_path: Path, **override
 async def build_tables(
     encoder: OpenClipTextEncoder, cache_dir: Path, data_dir: Path | None
 ) -> tuple[LabelTables, LabelCache]:
-    cache = LabelCache(cache_dir, MODEL_KEY, encoder.encode_texts, progress=False)
+    cache = LabelCache(cache_dir, MODEL_KEY, encoder.encode_texts_full_context, progress=False)
     return await cache.embed_all(read_label_tables(data_dir)), cache
 
 
@@ -189,7 +201,7 @@ def library(clip: TinyClip, subset_data: Path, tmp_path_factory) -> LibraryInter
 
 @pytest.fixture(scope="session")
 def encoder(clip: TinyClip) -> OpenClipTextEncoder:
-    return OpenClipTextEncoder(clip.model, clip.tokenizer)
+    return OpenClipTextEncoder(clip.ours)
 
 
 @pytest.fixture(scope="session")
@@ -463,7 +475,7 @@ def test_analyze_ranks_like_library(
 def test_cache_is_reused_without_encoding(
     clip: TinyClip, tables: LabelTables, our_cache_dir: Path, subset_data: Path
 ) -> None:
-    fresh = OpenClipTextEncoder(clip.model, clip.tokenizer)
+    fresh = OpenClipTextEncoder(clip.ours)
     reloaded, cache = asyncio.run(build_tables(fresh, our_cache_dir, subset_data))
     assert fresh.calls == 0
     assert (cache.built, cache.loaded) == (0, len(TABLE_NAMES))
@@ -498,7 +510,7 @@ def test_cache_file_rewritten_unchanged_is_accepted(
 ) -> None:
     """Control for the corruption cases: only their change makes a file unusable."""
     shutil.copytree(our_cache_dir, tmp_path, dirs_exist_ok=True)
-    fresh = OpenClipTextEncoder(clip.model, clip.tokenizer)
+    fresh = OpenClipTextEncoder(clip.ours)
     table = tables["mediums"].table
     _rewrite(LabelCache(tmp_path, MODEL_KEY, fresh.encode_texts).path(table), table.hash)
     asyncio.run(build_tables(fresh, tmp_path, subset_data))
@@ -516,7 +528,7 @@ def test_corrupt_cache_file_is_rebuilt(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     shutil.copytree(our_cache_dir, tmp_path, dirs_exist_ok=True)
-    fresh = OpenClipTextEncoder(clip.model, clip.tokenizer)
+    fresh = OpenClipTextEncoder(clip.ours)
     table = tables["mediums"].table
     corrupt(LabelCache(tmp_path, MODEL_KEY, fresh.encode_texts).path(table), table.hash)
     with caplog.at_level(logging.WARNING, logger="clip_service.interrogation.label_cache"):
@@ -525,7 +537,7 @@ def test_corrupt_cache_file_is_rebuilt(
     assert (cache.built, cache.loaded, fresh.calls) == (1, 5, 1)
     assert "rebuilding" in caplog.text
     np.testing.assert_array_equal(rebuilt["mediums"].embeds, tables["mediums"].embeds)
-    again = OpenClipTextEncoder(clip.model, clip.tokenizer)
+    again = OpenClipTextEncoder(clip.ours)
     asyncio.run(build_tables(again, tmp_path, subset_data))  # the rebuilt file is reused
     assert again.calls == 0
 

@@ -47,6 +47,10 @@ class TextEncoder(Protocol):
         """Raw (n, d) float32 text features, not normalised."""
         ...
 
+    async def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
+        """``encode_texts`` for texts sharing a long prefix, which is encoded only once."""
+        ...
+
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Untruncated token counts, start and end markers included."""
         ...
@@ -69,8 +73,8 @@ class InterrogatorSettings:
 
     chunk_size: int = 2048  # ranking chunk of LabelTable.rank
     flavor_intermediate_count: int = 2048  # candidates kept for the best/negative chains
-    # Candidate prompts per encode_texts call when a chain step scores ~2,000 of them: only
-    # this many encodings are held at once (0.6.0 encodes them all in one batch).
+    # Candidate prompts per encoder call when a chain step scores ~2,000 of them: only this
+    # many encodings are held at once (0.6.0 encodes them all in one batch).
     score_chunk_size: int = 512
 
 
@@ -310,12 +314,14 @@ class Interrogator:
 
         0.6.0 encodes all texts in one batch; here they are encoded ``score_chunk_size`` at a
         time keeping a running best, so memory stays bounded. A strict ``>`` across chunks
-        keeps torch.argmax's first-maximum rule over the whole list.
+        keeps torch.argmax's first-maximum rule over the whole list. A chain step's texts
+        share the current prompt, so the encoder runs that prefix once per chunk.
         """
         best_idx, best_score = -1, -math.inf
         step = self.settings.score_chunk_size
         for start in range(0, len(texts), step):
-            similarity = await self._text_similarity(image, texts[start : start + step])
+            chunk = texts[start : start + step]
+            similarity = self._cosine(image, await self.encoder.encode_texts_sharing_prefix(chunk))
             if reverse:
                 similarity = -similarity
             idx = int(similarity.argmax())
@@ -325,9 +331,11 @@ class Interrogator:
 
     async def _text_similarity(self, image: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """(n, 1) cosine similarities of freshly encoded float32 text features, as 0.6.0."""
-        features = torch.from_numpy(
-            np.asarray(await self.encoder.encode_texts(texts), dtype=np.float32)
-        )
+        return self._cosine(image, await self.encoder.encode_texts(texts))
+
+    @staticmethod
+    def _cosine(image: torch.Tensor, text_features: np.ndarray) -> torch.Tensor:
+        features = torch.from_numpy(np.asarray(text_features, dtype=np.float32))
         features = features / features.norm(dim=-1, keepdim=True)
         return features @ image.T
 

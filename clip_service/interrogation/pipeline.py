@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..captioning import CaptionerInfo
 from ..encoding import EncoderClient, ItemEncoder
+from ..metrics import timed_interrogation
 from ..once import Once
 from ..remote import RemoteModel
 from .interrogator import Interrogator, Mode
@@ -42,24 +43,36 @@ class EncoderTextTower:
     async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         return await self.client.encode_texts(list(texts))
 
+    async def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
+        return await self.client.encode_texts_sharing_prefix(list(texts))
+
+    async def encode_texts_full_context(self, texts: Sequence[str]) -> np.ndarray:
+        """Label tables: the library's exact float16 values (see ClipModel.encode_texts)."""
+        return await self.client.encode_texts_full_context(list(texts))
+
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return await self.client.count_tokens(list(texts))
 
 
 class InterrogationPipeline:
     def __init__(
-        self, items: ItemEncoder, captioner: CaptionerClient, label_cache_dir: Path
+        self,
+        items: ItemEncoder,
+        captioner: CaptionerClient,
+        label_cache_dir: Path,
+        exact_label_tables: bool = True,
     ) -> None:
         self.items, self.captioner_client = items, captioner
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
-        self.label_cache_dir = label_cache_dir
+        self.label_cache_dir, self.exact_label_tables = label_cache_dir, exact_label_tables
         # The label tables are loaded or built once, by the first request that needs them.
         self.interrogator = Once(self._load_interrogator)
 
     async def _load_interrogator(self) -> Interrogator:
         info = await self.items.model_info()
         tower = EncoderTextTower(self.items.encoder, info.context_length)
-        cache = LabelCache(self.label_cache_dir, info.spec, tower.encode_texts)
+        encode = tower.encode_texts_full_context if self.exact_label_tables else tower.encode_texts
+        cache = LabelCache(self.label_cache_dir, info.spec, encode)
         tables = await cache.embed_all(read_label_tables())
         return Interrogator(tower, tables)
 
@@ -83,6 +96,7 @@ class InterrogationPipeline:
         pixels = await asyncio.to_thread(preprocess, image)
         return (await self.captioner_client.caption(pixels[None]))[0]
 
+    @timed_interrogation
     async def interrogate(
         self,
         image: Image.Image,

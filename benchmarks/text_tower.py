@@ -1,0 +1,96 @@
+"""Text tower in process: 77-token padding vs trimmed padding vs a shared prefix.
+
+Full-size ViT-B-32 with random weights (open_clip's ``create_model('ViT-B-32')``, no
+pretrained tag; speed does not depend on weight values), fp32 on CPU, through the service's
+own :class:`clip_service.backends.open_clip_backend.OpenClipModel`:
+
+* label-like texts (clip-interrogator flavors) per second, every text padded to the 77-token
+  context (open_clip's ``encode_text``) vs padded to the batch's longest (the default);
+* one chain step of clip-interrogator's best mode: candidates ``f"{prompt}, {flavor}"``
+  sharing a ~30-token prompt, encoded plainly (trimmed) vs with the prefix run once.
+
+    python benchmarks/text_tower.py [--labels 256] [--candidates 2048] [--repeat 2]
+
+Each figure is the best of ``--repeat`` timed runs after one warm-up; about 2 minutes on
+2 CPU cores with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from clip_service.backends.open_clip_backend import OpenClipModel
+from clip_service.interrogation.labels import read_label_tables
+from clip_service.specs import ClipSpec
+
+CAPTION = "a painting of a lighthouse on a rocky coast at sunset with seagulls"
+
+
+def best_time(run: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]:
+    out = run()  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    return float(cosine.min())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, default=256)
+    parser.add_argument("--candidates", type=int, default=2048)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+
+    spec = ClipSpec("ViT-B-32", "open_clip", "ViT-B-32")  # random weights, nothing downloaded
+    model = OpenClipModel(spec, torch.device("cpu"), torch.float32)
+    flavors = list(read_label_tables()["flavors"].labels)
+    rng = np.random.default_rng(0)
+    labels = [flavors[i] for i in rng.choice(len(flavors), args.labels, replace=False)]
+    prompt = ", ".join([CAPTION, *flavors[100:106]])  # 30 tokens after the start token
+    candidates = [f"{prompt}, {flavors[i]}" for i in rng.choice(len(flavors), args.candidates)]
+
+    def full_context(texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            return model.model.encode_text(model.tokenizer(texts)).numpy()
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ViT-B-32 fp32 CPU")
+    label_tokens = np.mean(model.count_tokens(labels))
+    prefix_tokens = model.count_tokens([prompt])[0] - 1  # without its end token
+    label_case = f"{args.labels} labels (~{label_tokens:.0f} tokens), one batch"
+    chain_case = f"chain step: {args.candidates} candidates, {prefix_tokens}-token shared prefix"
+    padded_s, padded = best_time(lambda: full_context(labels), args.repeat)
+    trimmed_s, trimmed = best_time(lambda: model.encode_texts(labels), args.repeat)
+    plain_s, plain = best_time(lambda: model.encode_texts(candidates), args.repeat)
+    shared_s, shared = best_time(lambda: model.encode_texts_sharing_prefix(candidates), args.repeat)
+    rows = [
+        (label_case, "77-token padding", padded_s, args.labels, 1.0, "reference"),
+        (label_case, "padded to the longest", trimmed_s, args.labels, padded_s / trimmed_s,
+         f"{min_cosine(trimmed, padded):.7f}"),
+        (chain_case, "plain (padded to the longest)", plain_s, args.candidates, 1.0, "reference"),
+        (chain_case, "prefix shared", shared_s, args.candidates, plain_s / shared_s,
+         f"{min_cosine(shared, plain):.7f}"),
+    ]  # fmt: skip
+    print("| case | path | s | texts/s | speed-up | min cosine |\n|---|---|---|---|---|---|")
+    for case, path, seconds, n, speedup, cosine in rows:
+        print(
+            f"| {case} | {path} | {seconds:.2f} | {n / seconds:.1f} | {speedup:.1f}x | {cosine} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
