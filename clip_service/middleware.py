@@ -131,11 +131,18 @@ def _json_error(scope: Scope, body: bytes) -> str | None:
     return None
 
 
-class ErrorShape:
-    """Rewrite every 4xx JSON response into ``{"error": "<field>: <problem>", ...}``."""
+class ResponseRewrite:
+    """Base of the middlewares that buffer the responses of some statuses and send them
+    rewritten (one body-buffering loop for all of them)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+
+    def wants(self, status: int) -> bool:
+        raise NotImplementedError
+
+    async def rewrite(self, send: Send, start: Message, body: bytes) -> None:
+        raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,19 +151,28 @@ class ErrorShape:
         start: Message | None = None
         chunks: list[bytes] = []
 
-        async def rewriting_send(message: Message) -> None:
+        async def buffering_send(message: Message) -> None:
             nonlocal start
-            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+            if message["type"] == "http.response.start" and self.wants(message["status"]):
                 start = message
             elif start is None or message["type"] != "http.response.body":
                 await send(message)
             else:
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    body = _rewrite(b"".join(chunks))
-                    await send_json(send, start["status"], body, start["headers"])
+                    await self.rewrite(send, start, b"".join(chunks))
 
-        await self.app(scope, receive, rewriting_send)
+        await self.app(scope, receive, buffering_send)
+
+
+class ErrorShape(ResponseRewrite):
+    """Rewrite every 4xx JSON response into ``{"error": "<field>: <problem>", ...}``."""
+
+    def wants(self, status: int) -> bool:
+        return 400 <= status < 500
+
+    async def rewrite(self, send: Send, start: Message, body: bytes) -> None:
+        await send_json(send, start["status"], _rewrite(body), start["headers"])
 
 
 def _rewrite(raw: bytes) -> dict:

@@ -16,10 +16,10 @@ from typing import Any
 
 import aiohttp
 from bentoml.exceptions import ServiceUnavailable
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Send
 
 from .errors import error_body
-from .middleware import send_json
+from .middleware import ResponseRewrite, send_json
 
 # Seconds a client should wait before retrying; a worker restart with real models takes
 # about this long or more, an overload clears sooner.
@@ -90,43 +90,22 @@ async def dependencies_ready(dependencies: Iterable[Any], timeout_s: float) -> b
     return all(await asyncio.gather(*(ready(d) for d in dependencies)))
 
 
-class RetryAfter:
+class RetryAfter(ResponseRewrite):
     """Give every 503 a ``Retry-After`` header, and BentoML's generic 503 body
     ("An unexpected error has occurred") a message that says what happened."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def wants(self, status: int) -> bool:
+        return status == 503
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    async def rewrite(self, send: Send, start: Message, body: bytes) -> None:
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"retry-after"]
+        headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
+        try:
+            error = json.loads(body).get("error", "")
+        except (ValueError, AttributeError):
+            error = ""
+        if not error or error.startswith("An unexpected error"):
+            await send_json(send, 503, error_body(UNAVAILABLE), headers)
             return
-        start: Message | None = None
-        chunks: list[bytes] = []
-
-        async def retry_after_send(message: Message) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start" and message["status"] == 503:
-                start = message
-            elif start is None or message["type"] != "http.response.body":
-                await send(message)
-            else:
-                chunks.append(message.get("body", b""))
-                if not message.get("more_body", False):
-                    await _send_unavailable(send, start, b"".join(chunks))
-
-        await self.app(scope, receive, retry_after_send)
-
-
-async def _send_unavailable(send: Send, start: Message, body: bytes) -> None:
-    headers = [(k, v) for k, v in start["headers"] if k.lower() != b"retry-after"]
-    headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
-    try:
-        error = json.loads(body).get("error", "")
-    except (ValueError, AttributeError):
-        error = ""
-    if not error or error.startswith("An unexpected error"):
-        await send_json(send, 503, error_body(UNAVAILABLE), headers)
-        return
-    await send({**start, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
