@@ -25,6 +25,9 @@ import open_clip
 import torch
 
 from clip_service.clip_model import ClipModel, load_clip_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import cpu_name
 from clip_service.image_runtime import min_cosine
 from clip_service.specs import ClipSpec
 
@@ -42,13 +45,6 @@ CONFIGS = [
     ("bf16 torch (weights converted)", "bf16", "torch"),
     ("int8 onnxruntime (dynamic quant.)", "int8", "onnx"),
 ]
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def load(model: str, precision: str, runtime: str, cache: Path) -> tuple[ClipModel, float]:

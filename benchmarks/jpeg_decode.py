@@ -26,6 +26,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from transformers import CLIPImageProcessor
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import cpu_name
 from clip_service.image_runtime import min_cosine
 from clip_service.images import decode_image
 from clip_service.preprocess import PreprocessConfig, build_preprocessor
@@ -57,13 +59,6 @@ def scene(width: int, height: int, seed: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def best_ms(fn, rounds: int) -> float:

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clip_service.backends.open_clip_backend import OpenClipModel
+from clip_service.image_runtime import min_cosine
 from clip_service.interrogation.labels import read_label_tables
 from clip_service.specs import ClipSpec
 
@@ -42,11 +43,6 @@ def best_time(run: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.nda
         out = run()
         times.append(time.perf_counter() - start)
     return min(times), out
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    cosine = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
-    return float(cosine.min())
 
 
 def main() -> None:

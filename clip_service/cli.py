@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from .bulk_encode import BulkEncodeError
 from .captioning import resolve_caption_model
-from .clip_model import ClipModel, ModelUnavailableError, load_clip_model
+from .clip_model import ClipModel, ModelUnavailableError, load_configured_clip_model
 from .interrogation.label_cache import LabelCache
 from .interrogation.labels import read_label_tables
 from .settings import Settings
@@ -80,18 +80,6 @@ def one_line_errors(command: _F) -> _F:
 def settings_with(**overrides: Any) -> Settings:
     """The server's settings from the environment, with the given options on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
-def load_model(settings: Settings) -> ClipModel:
-    """The CLIP model exactly as the ``ClipEncoder`` service loads it."""
-    return load_clip_model(
-        parse_clip_spec(settings.clip_model),
-        settings.device,
-        settings.trim_text_padding,
-        settings.clip_precision,
-        settings.image_runtime,
-        settings.onnx_cache_dir,
-    )
 
 
 def warm_label_cache(model: ClipModel, directory: Path, exact: bool) -> LabelCache:
@@ -187,7 +175,7 @@ def build(
     label_cache = None
     if with_label_cache:
         settings = settings_with(clip_model=envs["CLIP_MODEL"], label_cache_dir=label_cache_dir)
-        model = load_model(settings)
+        model = load_configured_clip_model(settings)
 
         def label_cache(target: Path) -> None:
             cache = warm_label_cache(model, settings.label_cache_dir, settings.exact_label_tables)
@@ -237,7 +225,7 @@ def warm_cache(model_name: str, label_cache_dir: Path | None) -> None:
     """
     settings = settings_with(clip_model=model_name, label_cache_dir=label_cache_dir)
     cache = warm_label_cache(
-        load_model(settings), settings.label_cache_dir, settings.exact_label_tables
+        load_configured_clip_model(settings), settings.label_cache_dir, settings.exact_label_tables
     )
     click.echo(
         f"label tables for {model_name!r} in {settings.label_cache_dir}: "
@@ -270,7 +258,7 @@ def encode_dir(
         encoder = ServerEncoder(server)
     else:
         settings = settings_with(clip_model=model_name)
-        encoder = InProcessEncoder(load_model(settings), settings.max_image_pixels)
+        encoder = InProcessEncoder(load_configured_clip_model(settings), settings.max_image_pixels)
     store = EmbeddingStore(out, encoder.model)
     try:
         summary = run(directory, store, encoder, batch_size)

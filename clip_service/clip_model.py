@@ -20,11 +20,12 @@ from pydantic import BaseModel
 
 from .precision import PrecisionSetting, RuntimeSetting, plan
 from .preprocess import PreprocessConfig, input_size
-from .specs import ClipSpec
+from .specs import ClipSpec, parse_clip_spec
 from .text_prefix import PrefixTower, encode_sharing_prefix
 
 if TYPE_CHECKING:
     from .image_runtime import OnnxImageTower
+    from .settings import Settings
 
 
 class ModelUnavailableError(RuntimeError):
@@ -214,6 +215,19 @@ def load_clip_model(
         model.model.to(run.dtype)
         model.dtype = run.dtype
     return model
+
+
+def load_configured_clip_model(settings: Settings) -> ClipModel:
+    """The CLIP model as the settings configure it: what ``ClipEncoder`` serves, and what
+    the CLI's in-process commands use, so their vectors are the server's."""
+    return load_clip_model(
+        parse_clip_spec(settings.clip_model),
+        settings.device,
+        settings.trim_text_padding,
+        settings.clip_precision,
+        settings.image_runtime,
+        settings.onnx_cache_dir,
+    )
 
 
 def unavailable_message(spec: ClipSpec, exc: BaseException) -> str:

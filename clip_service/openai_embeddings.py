@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from .encoding import ItemEncoder
 from .errors import InvalidInput
+from .ranking import l2_normalize
 from .schemas import Item
 from .settings import get_settings
 
@@ -117,12 +118,6 @@ def to_item(value: str, modality: Modality | None, field: str) -> Item:
         raise InvalidInput(field, exc.errors()[0]["msg"]) from None
 
 
-def normalised(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (an all-zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
-
-
 def encode_vector(vector: np.ndarray, encoding_format: EncodingFormat) -> list[float] | str:
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
@@ -157,7 +152,7 @@ class OpenAIEmbeddings:
         return EmbeddingsResult(
             data=[
                 Embedding(index=i, embedding=encode_vector(vector, encoding_format))
-                for i, vector in enumerate(normalised(vectors))
+                for i, vector in enumerate(l2_normalize(vectors))
             ],
             model=info.spec,
             usage=Usage(prompt_tokens=tokens, total_tokens=tokens),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.clip_model import ModelInfo, load_clip_model, pick_device
+from clip_service.clip_model import ModelInfo, load_configured_clip_model, pick_device
 from clip_service.hub import fetch_clip_files
 from clip_service.metrics import batch_metrics
 from clip_service.precision import plan
@@ -31,15 +31,7 @@ class ClipEncoder:
         exit_unless_loadable(lambda: plan(device, settings.clip_precision, settings.image_runtime))
 
     def __init__(self) -> None:
-        spec = parse_clip_spec(settings.clip_model)
-        self.model = load_clip_model(
-            spec,
-            settings.device,
-            settings.trim_text_padding,
-            settings.clip_precision,
-            settings.image_runtime,
-            settings.onnx_cache_dir,
-        )
+        self.model = load_configured_clip_model(settings)
 
     @bentoml.api(
         batchable=True,

@@ -47,7 +47,6 @@ def test_sigterm_drains_requests_in_flight(tiny_models, tmp_path):
         tmp_path,
         CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
         CAPTION_MODEL=str(tiny_models["blip"]),
-        SHUTDOWN_QUIET_S="1",
     )
     with log.open("wb") as out:
         process = subprocess.Popen(
