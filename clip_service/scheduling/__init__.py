@@ -1,0 +1,13 @@
+"""Scheduling a model's work: interactive requests first, bulk work in bounded slices.
+
+One :class:`Scheduler` per model worker owns the model's single execution thread. Callers
+submit items for a :class:`Method` at a :class:`Priority`; the scheduler forms batches from
+what is queued whenever the model is free (an idle model starts at once), always from the
+most urgent class, and cuts bulk work into slices whose measured model time stays under a
+bound, so an interactive request waits at most one slice.
+"""
+
+from .jobs import Job, Method, Priority
+from .scheduler import Overloaded, Scheduler, SchedulerObserver
+
+__all__ = ["Job", "Method", "Overloaded", "Priority", "Scheduler", "SchedulerObserver"]

@@ -1,0 +1,155 @@
+"""What the scheduler queues (jobs: a caller's items for one method) and how batches form."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+
+class Priority(StrEnum):
+    """Work classes, most urgent first: a batch is always formed from the first non-empty."""
+
+    INTERACTIVE = "interactive"  # someone waits for this one answer: encode, rank, caption...
+    INTERROGATION = "interrogation"  # the model calls of a running interrogation
+    BACKGROUND = "background"  # label-table builds: nobody waits, runs when all else is done
+
+
+@dataclass(frozen=True)
+class Method:
+    """A batch function of the model: ``run(items)`` returns one output row per item.
+
+    Items are a list (texts) or an array whose first axis is the batch (pixels); outputs are
+    arrays or lists with one entry per item. ``merge``: whether items of different callers
+    may share a batch (not for texts that must share one prompt prefix to run fast).
+    """
+
+    name: str
+    run: Callable[[Any], Any]
+    max_batch: int
+    merge: bool = True
+
+
+def join(parts: Sequence[Any]) -> Any:
+    """Concatenate item (or output) slices along the batch axis, keeping their type."""
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    return [element for part in parts for element in part]
+
+
+@dataclass(eq=False)
+class Job:
+    """One caller's items for one method; done when every item's output has come back."""
+
+    method: Method
+    items: Sequence[Any]
+    priority: Priority
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.monotonic)
+    dispatched: int = 0  # items handed to batches so far
+    started: float | None = None  # when the first of its items went to the model
+    _outputs: dict[int, Any] = field(default_factory=dict)  # start offset -> output rows
+    _done: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return len(self.items) - self.dispatched
+
+    @property
+    def abandoned(self) -> bool:
+        """Cancelled by its caller or failed: nothing more of it needs running."""
+        return self.future.done()
+
+    def deliver(self, start: int, outputs: Any) -> None:
+        self._outputs[start] = outputs
+        self._done += len(outputs)
+        if self._done == len(self.items) and not self.future.done():
+            self.future.set_result(join([self._outputs[k] for k in sorted(self._outputs)]))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass
+class Batch:
+    """Slices ``[start, stop)`` of one or more jobs, run as one call of ``method``."""
+
+    method: Method
+    priority: Priority
+    parts: list[tuple[Job, int, int]]
+
+    @property
+    def size(self) -> int:
+        return sum(stop - start for _, start, stop in self.parts)
+
+    def inputs(self) -> Any:
+        return join([job.items[start:stop] for job, start, stop in self.parts])
+
+    def deliver(self, outputs: Any) -> None:
+        if len(outputs) != self.size:
+            raise ValueError(f"{self.method.name} gave {len(outputs)} rows for {self.size} items")
+        offset = 0
+        for job, start, stop in self.parts:
+            job.deliver(start, outputs[offset : offset + stop - start])
+            offset += stop - start
+
+    def fail(self, exc: BaseException) -> None:
+        for job, _, _ in self.parts:
+            job.fail(exc)
+
+
+class JobQueues:
+    """One FIFO queue of jobs per priority, and the rule that turns them into batches."""
+
+    def __init__(self) -> None:
+        self._queues: dict[Priority, list[Job]] = {priority: [] for priority in Priority}
+
+    def put(self, job: Job) -> None:
+        self._queues[job.priority].append(job)
+
+    def queued(self, priority: Priority) -> list[Job]:
+        """Live jobs of ``priority`` with items left, oldest first (abandoned ones dropped)."""
+        queue = self._queues[priority]
+        queue[:] = [job for job in queue if not job.abandoned and job.remaining]
+        return queue
+
+    def take(self, limit: Callable[[Method, Priority], int]) -> Batch | None:
+        """The next batch: the most urgent class's oldest job's method, up to ``limit`` items.
+
+        Jobs of the same method and class join it in arrival order when the method merges.
+        A job left with items after a bulk slice goes to the back of its queue, so
+        concurrent bulk jobs (interrogations) take turns.
+        """
+        for priority in Priority:
+            queue = self.queued(priority)
+            if not queue:
+                continue
+            method = queue[0].method
+            budget = max(1, limit(method, priority))
+            parts: list[tuple[Job, int, int]] = []
+            for job in list(queue):
+                if parts and not method.merge:
+                    break
+                if job.method is not method:
+                    continue
+                n = min(job.remaining, budget)
+                parts.append((job, job.dispatched, job.dispatched + n))
+                job.dispatched += n
+                budget -= n
+                if job.started is None:
+                    job.started = time.monotonic()
+                if budget == 0:
+                    break
+            head = queue[0]
+            if head.remaining and priority is not Priority.INTERACTIVE:
+                queue.append(queue.pop(0))
+            return Batch(method, priority, parts)
+        return None

@@ -1,0 +1,186 @@
+"""The scheduler: one model thread, fed a new batch the moment it is free.
+
+Why not BentoML's adaptive batcher: it holds a lone request up to its learned average queue
+wait (which a burst inflates for a minute), knows no priorities, and runs a 4,095-text
+label chunk in one piece while everyone else waits. Here:
+
+* an idle model starts a request at once; requests that arrive while it runs form the next
+  batch, up to the method's batch limit;
+* the batch comes from the most urgent non-empty class (:class:`~.jobs.Priority`);
+* interrogation and background work run in slices whose expected model time, measured per
+  method, stays within ``slice_s``, so an interactive request waits at most one slice;
+* an interactive request that would wait longer than ``max_wait_s`` is refused at once with
+  :class:`Overloaded` (its ``retry_after_s`` is the wait it would have had).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from .jobs import Batch, Job, JobQueues, Method, Priority
+
+
+class Overloaded(Exception):
+    """More interactive work is queued than can start within the wait budget."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.retry_after_s = max(1, math.ceil(wait_s))
+        super().__init__(
+            f"about {wait_s:.1f} s of queued work ahead; retry after {self.retry_after_s} s"
+        )
+
+
+class SchedulerObserver(Protocol):
+    """Where the scheduler reports what it does (Prometheus metrics in the services)."""
+
+    def waited(self, method: str, priority: Priority, seconds: float) -> None:
+        """A job's first items went to the model ``seconds`` after it was queued."""
+
+    def ran(self, method: str, priority: Priority, size: int, seconds: float) -> None:
+        """A batch of ``size`` items took ``seconds`` of model time."""
+
+    def refused(self, priority: Priority) -> None:
+        """A job was refused as :class:`Overloaded`."""
+
+
+class CostModel:
+    """Model seconds per item for each method and class, a moving average of measurements.
+
+    Per class because the same method costs differently per class (short label texts in the
+    background, whole prompts interactively). Measured from batches of every size, so small
+    slices, which pay a fixed overhead over few items, converge on the size that fits.
+    """
+
+    def __init__(self, smoothing: float = 0.3) -> None:
+        self.smoothing = smoothing
+        self._per_item: dict[tuple[str, Priority], float] = {}
+
+    def observe(self, method: str, priority: Priority, items: int, seconds: float) -> None:
+        sample = seconds / max(items, 1)
+        old = self._per_item.get((method, priority))
+        key = (method, priority)
+        self._per_item[key] = sample if old is None else old + self.smoothing * (sample - old)
+
+    def seconds(self, method: str, priority: Priority, items: int) -> float:
+        """Expected model time of ``items`` items (0 before any measurement)."""
+        return items * self._per_item.get((method, priority), 0.0)
+
+    def items_within(self, method: str, priority: Priority, seconds: float) -> int:
+        """How many items fit in ``seconds`` (1 before any measurement: a probe)."""
+        per_item = self._per_item.get((method, priority))
+        return 1 if not per_item else max(1, int(seconds / per_item))
+
+
+class Scheduler:
+    """Runs one model's methods on a single thread, batching and ordering the callers' work."""
+
+    def __init__(
+        self,
+        methods: Iterable[Method],
+        *,
+        slice_s: float,
+        max_wait_s: float,
+        observer: SchedulerObserver | None = None,
+        thread_name: str = "model",
+    ) -> None:
+        self.methods = {method.name: method for method in methods}
+        self.slice_s, self.max_wait_s = slice_s, max_wait_s
+        self.observer = observer
+        self.costs = CostModel()
+        self._queues = JobQueues()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        self._wake: asyncio.Event | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._busy_until = 0.0  # expected end of the running batch (time.monotonic)
+
+    async def run(
+        self, method: str, items: Sequence[Any], priority: Priority = Priority.INTERACTIVE
+    ) -> Any:
+        """The method's outputs for ``items`` (not empty), one row per item, in order.
+
+        Cancelling the caller drops its items that have not started.
+        """
+        if not len(items):
+            raise ValueError("no items to run")
+        job_method = self.methods[method]
+        wake = self._ensure_serving()
+        if priority is Priority.INTERACTIVE:
+            wait = self.expected_wait()
+            if wait > self.max_wait_s:
+                if self.observer:
+                    self.observer.refused(priority)
+                raise Overloaded(wait)
+        job = Job(job_method, items, priority, asyncio.get_running_loop().create_future())
+        self._queues.put(job)
+        wake.set()
+        return await job.future
+
+    def expected_wait(self) -> float:
+        """Seconds a new interactive job would wait: the running batch, then its class."""
+        now = time.monotonic()
+        queued = sum(
+            self.costs.seconds(job.method.name, job.priority, job.remaining)
+            for job in self._queues.queued(Priority.INTERACTIVE)
+        )
+        return max(0.0, self._busy_until - now) + queued
+
+    async def close(self) -> None:
+        if self._serving is not None:
+            self._serving.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _ensure_serving(self) -> asyncio.Event:
+        """Start the serving loop on first use (in the caller's event loop)."""
+        if self._serving is not None and self._serving.done():
+            error = None if self._serving.cancelled() else self._serving.exception()
+            raise RuntimeError(f"the model's scheduler has stopped ({error!r})")
+        if self._wake is None or self._serving is None:
+            self._wake = asyncio.Event()
+            # A context of its own: not the first caller's (its request id, say), as it
+            # serves every caller.
+            self._serving = asyncio.get_running_loop().create_task(
+                self._serve(self._wake), context=contextvars.Context()
+            )
+        return self._wake
+
+    async def _serve(self, wake: asyncio.Event) -> None:
+        while True:
+            batch = self._queues.take(self._limit)
+            if batch is None:
+                wake.clear()
+                await wake.wait()
+                continue
+            await self._run(batch)
+
+    def _limit(self, method: Method, priority: Priority) -> int:
+        if priority is Priority.INTERACTIVE:
+            return method.max_batch
+        fits = self.costs.items_within(method.name, priority, self.slice_s)
+        return min(method.max_batch, fits)
+
+    async def _run(self, batch: Batch) -> None:
+        method, priority = batch.method, batch.priority
+        started = time.monotonic()
+        if self.observer:
+            for job, start, _ in batch.parts:
+                if start == 0:
+                    self.observer.waited(method.name, priority, started - job.enqueued)
+        self._busy_until = started + self.costs.seconds(method.name, priority, batch.size)
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: method.run(batch.inputs())
+            )
+            batch.deliver(outputs)
+        except Exception as exc:  # the callers get the model's error; serving goes on
+            batch.fail(exc)
+        seconds = time.monotonic() - started
+        self._busy_until = 0.0
+        self.costs.observe(method.name, priority, batch.size, seconds)
+        if self.observer:
+            self.observer.ran(method.name, priority, batch.size, seconds)
