@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -45,6 +44,7 @@ from clip_service.schemas import (
     VectorResult,
     WearableResult,
 )
+from clip_service.service_errors import NotServed, answers_service_errors
 from clip_service.settings import get_settings
 from clip_service.upstream import Guarded, RetryAfter, dependencies_ready
 from runners.blip_captioner import BlipCaptioner
@@ -77,37 +77,51 @@ LabelSetName = Literal[tuple(LABEL_SETS)]
     traffic={"timeout": settings.request_timeout_s},
 )
 class ClipApi:
-    # Each model service runs beside this one unless its URL is set (split deployment).
+    # Each model service runs beside this one unless its URL is set (split deployment);
+    # CAPTION_MODEL=none serves CLIP alone: no captioner is started.
     encoder = bentoml.depends(ClipEncoder, url=settings.clip_encoder_url)
-    captioner = bentoml.depends(BlipCaptioner, url=settings.captioner_url)
+    if settings.interrogation:
+        captioner = bentoml.depends(BlipCaptioner, url=settings.captioner_url)
 
     def __init__(self) -> None:
-        self.items = ItemEncoder(Guarded(self.encoder.to_async, "ClipEncoder"), settings)
-        self.interrogation = InterrogationPipeline(
-            self.items,
-            Guarded(self.captioner.to_async, "BlipCaptioner"),
-            settings.label_cache_dir,
-            settings.exact_label_tables,
-        )
+        encoder = Guarded(self.encoder.to_async, "ClipEncoder")
+        self.items = ItemEncoder(encoder, settings)
+        self.interrogation = None
+        if settings.interrogation:
+            self.interrogation = InterrogationPipeline(
+                self.items,
+                encoder,
+                Guarded(self.captioner.to_async, "BlipCaptioner"),
+                settings.request_timeout_s,
+            )
         self.classifier = Classifier(self.items)
         self.openai = OpenAIEmbeddings(self.items)
 
     async def __is_ready__(self) -> bool:
         """/readyz: 503 at once while a model service is down, restarting or unreachable."""
-        dependencies = (self.encoder, self.captioner)
+        dependencies = [self.encoder]
+        if settings.interrogation:
+            dependencies.append(self.captioner)
         return await dependencies_ready(dependencies, settings.readiness_timeout_s)
 
-    @bentoml.on_startup
-    async def build_label_tables(self) -> None:
-        """Interrogation's label tables load (or build) in the background from the start."""
-        self._warming = asyncio.create_task(self.interrogation.warm())
+    def _interrogating(self) -> InterrogationPipeline:
+        """The interrogation pipeline; 501 when this deployment serves CLIP only."""
+        if self.interrogation is None:
+            raise NotServed(
+                "interrogation is off: this server runs CLIP only (CAPTION_MODEL=none); "
+                "set CAPTION_MODEL (e.g. blip-base) to serve /caption, /interrogate, "
+                "/analyze and /extract_text"
+            )
+        return self.interrogation
 
     @bentoml.api(route="/encode")
+    @answers_service_errors
     async def encode(self, items: Items, /) -> list[list[float]]:
         """Texts and images to CLIP embeddings (raw model outputs), in input order."""
         return (await self.items.encode_items(items, "items")).tolist()
 
     @bentoml.api(route="/v1/embeddings")
+    @answers_service_errors
     async def openai_embeddings(
         self,
         input: EmbeddingInput,
@@ -126,6 +140,7 @@ class ClipApi:
         return await self.openai.create(input, encoding_format, dimensions, modality)
 
     @bentoml.api(route="/rank")
+    @answers_service_errors
     async def rank(self, queries: Items, candidates: Items) -> RankResult:
         """Each query against all candidates: softmax probabilities and cosines."""
         query_vectors = await self.items.encode_items(queries, "queries")
@@ -137,18 +152,22 @@ class ClipApi:
         )
 
     @bentoml.api(route="/vectorize")
+    @answers_service_errors
     async def vectorize(self, image: bytes, /) -> VectorResult:
         """Raw image bytes in the body (any Content-Type) -> its embedding."""
         vector = await self.items.encode_image(await self.items.decode(image, "body"))
         return VectorResult(vector=vector.tolist())
 
     @bentoml.api(route="/caption")
+    @answers_service_errors
     async def caption(self, image: ImageItem) -> CaptionResult:
         """The BLIP caption of an image."""
+        interrogation = self._interrogating()
         decoded = await self.items.load_image(image, "image")
-        return CaptionResult(caption=await self.interrogation.caption(decoded))
+        return CaptionResult(caption=await interrogation.caption(decoded))
 
     @bentoml.api(route="/interrogate")
+    @answers_service_errors
     async def interrogate(
         self,
         image: ImageItem,
@@ -163,19 +182,22 @@ class ClipApi:
         ``min_flavors`` only matters in best mode, as in the library; a given ``caption`` is
         used instead of generating one.
         """
+        interrogation = self._interrogating()
         decoded = await self.items.load_image(image, "image")
-        prompt, used_caption = await self.interrogation.interrogate(
+        prompt, used_caption = await interrogation.interrogate(
             decoded, mode, caption, min_flavors, max_flavors
         )
         return InterrogateResult(prompt=prompt, caption=used_caption, mode=mode)
 
     @bentoml.api(route="/analyze")
+    @answers_service_errors
     async def analyze(
         self, image: ImageItem, top_k: Annotated[int, Field(ge=1, le=100)] = 5
     ) -> AnalyzeResult:
         """The top-k labels of each label table, with their cosine similarity to the image."""
+        interrogation = self._interrogating()
         decoded = await self.items.load_image(image, "image")
-        tables = await self.interrogation.analyze(decoded, top_k)
+        tables = await interrogation.analyze(decoded, top_k)
         return AnalyzeResult(
             **{
                 name: [{"label": label, "score": score} for label, score in ranked]
@@ -184,13 +206,16 @@ class ClipApi:
         )
 
     @bentoml.api(route="/extract_text")
+    @answers_service_errors
     async def extract_text(self, image: bytes, /) -> TextResult:
         """Raw image bytes in the body -> its best-mode prompt."""
+        interrogation = self._interrogating()
         decoded = await self.items.decode(image, "body")
-        prompt, _ = await self.interrogation.interrogate(decoded, Mode.BEST, None, 8, None)
+        prompt, _ = await interrogation.interrogate(decoded, Mode.BEST, None, 8, None)
         return TextResult(text=prompt)
 
     @bentoml.api(route="/classify")
+    @answers_service_errors
     async def classify(
         self,
         image: ImageItem,
@@ -210,6 +235,7 @@ class ClipApi:
         return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
 
     @bentoml.api(route="/tag")
+    @answers_service_errors
     async def tag(self, file: Path, ctx: bentoml.Context) -> TagResult:
         """Pet type and fur length of a multipart image in field ``file``."""
         rid, best = await self._classify_upload(file, ctx, "pets", top_k=1)
@@ -217,6 +243,7 @@ class ClipApi:
         return TagResult(request_id=rid, tags=tags)
 
     @bentoml.api(route="/wearable")
+    @answers_service_errors
     async def wearable(self, file: Path, ctx: bentoml.Context) -> WearableResult:
         """The top 3 of 20 wearable categories for a multipart image in field ``file``."""
         rid, top = await self._classify_upload(file, ctx, "wearables", top_k=3)

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from .bulk_encode import BulkEncodeError
 from .captioning import resolve_caption_model
 from .clip_model import ClipModel, ModelUnavailableError, load_configured_clip_model
+from .interrogation.hub_tables import published_tables
 from .interrogation.label_cache import LabelCache
 from .interrogation.labels import read_label_tables
 from .settings import Settings
@@ -82,15 +83,17 @@ def settings_with(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def warm_label_cache(model: ClipModel, directory: Path, exact: bool) -> LabelCache:
-    """Load or build every label table into ``directory``, keyed as the server keys them
-    (by the model spec string the server is given), so it finds them valid and reuses them;
-    ``exact`` is the server's EXACT_LABEL_TABLES (whole context, as clip-interrogator)."""
+def warm_label_cache(model: ClipModel, directory: Path, download: bool) -> LabelCache:
+    """Load, fetch or build every label table into ``directory``, keyed as the server keys
+    them (by the model spec string the server is given), so it finds them valid and reuses
+    them; ``download`` is the server's LABEL_TABLES_DOWNLOAD (published tables first)."""
 
     async def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode_texts(texts, full_context=exact)
+        return model.encode_texts(texts)
 
-    cache = LabelCache(directory, model.info().spec, encode)
+    spec = model.info().spec
+    fetch = published_tables(spec) if download else None
+    cache = LabelCache(directory, spec, encode, fetch=fetch)
     asyncio.run(cache.embed_all(read_label_tables()))
     return cache
 
@@ -178,7 +181,8 @@ def build(
         model = load_configured_clip_model(settings)
 
         def label_cache(target: Path) -> None:
-            cache = warm_label_cache(model, settings.label_cache_dir, settings.exact_label_tables)
+            download = settings.label_tables_download
+            cache = warm_label_cache(model, settings.label_cache_dir, download)
             target.mkdir(parents=True)
             for table in read_label_tables().values():
                 shutil.copy2(cache.path(table), target)
@@ -224,12 +228,11 @@ def warm_cache(model_name: str, label_cache_dir: Path | None) -> None:
     serve with the same CLIP_MODEL string and it loads them instead of encoding ~112k texts.
     """
     settings = settings_with(clip_model=model_name, label_cache_dir=label_cache_dir)
-    cache = warm_label_cache(
-        load_configured_clip_model(settings), settings.label_cache_dir, settings.exact_label_tables
-    )
+    model = load_configured_clip_model(settings)
+    cache = warm_label_cache(model, settings.label_cache_dir, settings.label_tables_download)
     click.echo(
-        f"label tables for {model_name!r} in {settings.label_cache_dir}: "
-        f"{cache.built} built, {cache.loaded} already there"
+        f"label tables for {model_name!r} in {settings.label_cache_dir}: {cache.built} built, "
+        f"{cache.fetched} downloaded, {cache.loaded} already there"
     )
 
 

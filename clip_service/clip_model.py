@@ -108,21 +108,13 @@ class ClipModel(ABC):
         return features.float().cpu().numpy()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], full_context: bool = False) -> np.ndarray:
-        """Texts -> (n, d) float32 embeddings; texts over the context are truncated.
-
-        ``full_context`` runs every text through the whole context even when trimming is on,
-        as the libraries' own code does, so the result is theirs bit for bit (same device,
-        same batch). clip-interrogator's label tables need that: they are rounded to float16
-        and ranked among ~112k near neighbours, where trimming's rounding (~1e-6) flips
-        float16 roundings and with them near-ties.
-        """
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (n, d) float32 embeddings; texts over the context are truncated."""
         if not texts:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        trim = self.trim_text and not full_context
-        tokens = self._tokenize(list(texts), trim)
+        tokens = self._tokenize(list(texts), self.trim_text)
         with self._forward_lock:
-            features = self._text_features(tokens, trim)
+            features = self._text_features(tokens, self.trim_text)
         return features.float().cpu().numpy()
 
     @torch.inference_mode()

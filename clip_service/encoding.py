@@ -19,18 +19,17 @@ from .clip_model import ModelInfo
 from .images import decode_base64, decode_image
 from .preprocess import input_size
 from .remote import RemoteModel
+from .scheduling import Priority
 from .schemas import ImageItem, Item
 from .settings import Settings
 from .url_fetch import fetch_image_url
 
 
 class EncoderClient(Protocol):
-    """The async API of the ``ClipEncoder`` service (``depends(...).to_async``)."""
+    """The async API of the ``ClipEncoder`` service (``depends(...).to_async``) used here."""
 
-    async def encode_images(self, pixels: np.ndarray) -> np.ndarray: ...
-    async def encode_texts(self, texts: list[str]) -> np.ndarray: ...
-    async def encode_texts_full_context(self, texts: list[str]) -> np.ndarray: ...
-    async def encode_texts_sharing_prefix(self, texts: list[str]) -> np.ndarray: ...
+    async def encode_images(self, pixels: np.ndarray, priority: Priority = ...) -> np.ndarray: ...
+    async def encode_texts(self, texts: list[str], priority: Priority = ...) -> np.ndarray: ...
     async def count_tokens(self, texts: list[str]) -> list[int]: ...
     async def info(self) -> ModelInfo: ...
 
@@ -76,12 +75,16 @@ class ItemEncoder:
     async def item_pixels(self, item: Item, field: str) -> np.ndarray:
         return await self.pixels(await self.load_image(item, field))
 
-    async def encode_image(self, image: Image.Image) -> np.ndarray:
+    async def encode_image(
+        self, image: Image.Image, priority: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
         """One decoded image -> its raw embedding."""
-        return (await self.encode_pixels([await self.pixels(image)]))[0]
+        return (await self.encode_pixels([await self.pixels(image)], priority))[0]
 
-    async def encode_pixels(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
-        return await self.encoder.encode_images(np.stack(pixels))
+    async def encode_pixels(
+        self, pixels: Sequence[np.ndarray], priority: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
+        return await self.encoder.encode_images(pixels=np.stack(pixels), priority=priority)
 
     async def encode_items(self, items: Sequence[Item], field: str) -> np.ndarray:
         """Embeddings in input order; texts and images go out as one call each, concurrently."""

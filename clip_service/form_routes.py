@@ -27,17 +27,30 @@ RESERVED_FIELDS = frozenset({"request_id", "texts_vectors", "images_vectors"})
 
 
 async def model_info(request: Request) -> JSONResponse:
-    """GET /model: which model is served, where, and how requests are batched."""
+    """GET /model: which model is served, where, how requests are batched, and whether
+    interrogation is served (its caption model and how far its label tables are)."""
     service: ClipApi = bentoml.get_current_service()
     settings = get_settings()
     info = await service.items.model_info()
     batching = BatchSettings(
         image_max_batch_size=settings.image_max_batch_size,
         text_max_batch_size=settings.text_max_batch_size,
+        bulk_slice_ms=settings.bulk_slice_ms,
         max_latency_ms=settings.max_latency_ms,
     )
+    interrogation = None
+    if service.interrogation is not None:
+        tables = await service.interrogation.tables()
+        interrogation = {
+            "caption_model": settings.caption_model,
+            "label_tables": {**tables.model_dump(), "progress": tables.progress},
+        }
     return JSONResponse(
-        {**info.model_dump(exclude={"preprocess"}), "batching": batching.model_dump()}
+        {
+            **info.model_dump(exclude={"preprocess"}),
+            "batching": batching.model_dump(),
+            "interrogation": interrogation,
+        }
     )
 
 

@@ -11,7 +11,8 @@ T = TypeVar("T")
 
 class Once(Generic[T]):
     """Await it for the value: concurrent callers share one computation, and a failed one
-    (say, a model service that is not up yet) is retried by the next caller."""
+    (say, a model service that is not up yet) is retried by the next caller. The computation
+    is shielded: a caller that is cancelled (its request timed out) does not cancel it."""
 
     def __init__(self, compute: Callable[[], Awaitable[T]]) -> None:
         self._compute = compute
@@ -21,4 +22,4 @@ class Once(Generic[T]):
         task = self._task
         if task is None or (task.done() and (task.cancelled() or task.exception())):
             task = self._task = asyncio.ensure_future(self._compute())
-        return task.__await__()
+        return asyncio.shield(task).__await__()

@@ -58,12 +58,6 @@ def current() -> str:
     return rid
 
 
-def clear() -> None:
-    """Forget the request id in this task (a batch task that serves many requests)."""
-    current_request_id.set(NO_REQUEST)
-    otel_context.attach(otel_context.Context())
-
-
 def echo_headers(rid: str) -> dict[str, str]:
     return {name: rid for name in HEADERS}
 

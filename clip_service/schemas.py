@@ -116,4 +116,5 @@ class WearableResult(BaseModel):
 class BatchSettings(BaseModel):
     image_max_batch_size: int
     text_max_batch_size: int
+    bulk_slice_ms: float
     max_latency_ms: int

@@ -35,23 +35,26 @@ class Settings(BaseSettings):
     # large photos, embeddings change slightly (README, "JPEG draft decoding").
     jpeg_draft: bool = False
 
-    # Adaptive batching of the ClipEncoder service. max_latency_ms is BentoML's latency
-    # *budget*: a request is shed with 503 when queue wait + predicted batch time exceeds it,
-    # so it is sized for a 64-client burst on a 2-core CPU, not as a wait window.
+    # The model services' schedulers (README, "Scheduling"). An idle model starts a request
+    # at once; requests that arrive meanwhile form the next batch, up to these sizes.
     image_max_batch_size: int = Field(32, ge=1)
-    # Above clip-interrogator's largest label chunk (np.array_split of 2048: up to 4095
-    # texts), so a chunk is never split: a split part's queue wait would teach the batcher
-    # to hold every later request that long.
-    text_max_batch_size: int = Field(4096, ge=1)
+    text_max_batch_size: int = Field(256, ge=1)
+    # Interrogation steps and label-table builds run in slices of about this much model
+    # time, so an interactive request waits at most one slice behind them.
+    bulk_slice_ms: float = Field(50, gt=0)
+    # An interactive request that would wait longer than this in a model's queue is refused
+    # at once (503 with Retry-After) rather than queued.
     max_latency_ms: int = Field(60_000, ge=1)
     encoder_workers: int = Field(1, ge=1)
-    # The entry service's limit for one request (BentoML answers 504 past it). The first
-    # interrogation after a new CLIP model waits for the label tables to be built.
+    # The entry service's limit for one request (BentoML answers 504 past it). An
+    # interrogation waits for label tables that are still being built only if they should be
+    # ready within it; otherwise it is answered 503 at once with the build's progress.
     request_timeout_s: float = Field(600, gt=0)
     # On SIGTERM a model service serves on until idle this long (the entry service is done).
     shutdown_quiet_s: float = Field(5.0, ge=0)
 
-    # BLIP captioner service; generation defaults are clip-interrogator 0.6.0's.
+    # BLIP captioner service; generation defaults are clip-interrogator 0.6.0's. "none":
+    # CLIP only (no captioner, no label tables; the interrogation routes answer 501).
     caption_model: str = "blip-base"
     caption_max_batch_size: int = Field(8, ge=1)
     caption_workers: int = Field(1, ge=1)
@@ -67,10 +70,9 @@ class Settings(BaseSettings):
     # The entry's /readyz waits at most this long for each model service's /readyz.
     readiness_timeout_s: float = Field(2.0, gt=0)
 
-    # Label tables through the whole context, as clip-interrogator 0.6.0 builds them: the
-    # same float16 values, so prompts equal the library's even at exact ties. false: built
-    # with the trimmed text tower, ~8x faster, ~0.2% of values one float16 step off (README).
-    exact_label_tables: bool = True
+    # Fetch the label tables clip-interrogator publishes for the CLIP model (when it is one
+    # of its open_clip models and the Hub is reachable) instead of encoding them here.
+    label_tables_download: bool = True
     # Interrogation label-table embeddings, one safetensors file per model and table.
     label_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "label-embeddings"
 
@@ -86,6 +88,11 @@ class Settings(BaseSettings):
 
     # Browser clients: comma-separated origins allowed by CORS ("*" for any; empty: off).
     cors_allow_origins: str = ""
+
+    @property
+    def interrogation(self) -> bool:
+        """Whether the BLIP captioner and the label tables are served."""
+        return self.caption_model.strip().lower() != "none"
 
     @property
     def url_policy(self) -> UrlPolicy:

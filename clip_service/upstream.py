@@ -12,14 +12,16 @@ import asyncio
 import functools
 import json
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
-from bentoml.exceptions import ServiceUnavailable
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from starlette.types import Message, Send
 
 from .errors import error_body
 from .middleware import ResponseRewrite, send_json
+from .service_errors import busy
 
 # Seconds a client should wait before retrying; a worker restart with real models takes
 # about this long or more, an overload clears sooner.
@@ -46,7 +48,8 @@ class Guarded:
     keeps them 15 s (aiohttp), and aiohttp does not retry a POST that meets a closed one:
     under load a few calls fail with "Broken pipe" or "Server disconnected". The model APIs
     are pure functions, so such a call is sent once more; a call that still cannot get an
-    answer (worker killed, host unreachable, timeout) is a 503 the client may retry.
+    answer (worker killed, host unreachable, timeout) is a 503 the client may retry, and so
+    is a model service's 429 (its queue is full), with the Retry-After it gave.
     """
 
     def __init__(self, client: Any, name: str) -> None:
@@ -66,6 +69,10 @@ class Guarded:
                     return await value(*args, **kwargs)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise ModelServiceUnavailable(f"{self._name}: {exc!r}") from exc
+            except BentoMLException as exc:
+                if exc.error_code == HTTPStatus.TOO_MANY_REQUESTS:
+                    raise busy(self._name, exc) from None
+                raise
 
         return call
 
@@ -91,15 +98,16 @@ async def dependencies_ready(dependencies: Iterable[Any], timeout_s: float) -> b
 
 
 class RetryAfter(ResponseRewrite):
-    """Give every 503 a ``Retry-After`` header, and BentoML's generic 503 body
-    ("An unexpected error has occurred") a message that says what happened."""
+    """Give every 503 a ``Retry-After`` header (unless it has one), and BentoML's generic
+    503 body ("An unexpected error has occurred") a message that says what happened."""
 
     def wants(self, status: int) -> bool:
         return status == 503
 
     async def rewrite(self, send: Send, start: Message, body: bytes) -> None:
-        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"retry-after"]
-        headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
+        headers = list(start["headers"])
+        if not any(k.lower() == b"retry-after" for k, _ in headers):
+            headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
         try:
             error = json.loads(body).get("error", "")
         except (ValueError, AttributeError):

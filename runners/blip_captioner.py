@@ -1,7 +1,8 @@
-"""BlipCaptioner: BLIP caption generation as a BentoML service with adaptive batching.
+"""BlipCaptioner: BLIP caption generation as a BentoML service, behind a scheduler.
 
 Images arrive decoded and preprocessed by the entry service (``CaptionerInfo.preprocess``
 says how), so a batch holds only valid pixel arrays and one generate call serves it.
+Only started when ``CAPTION_MODEL`` is not ``none``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ from clip_service.captioning import (
     CaptionPreprocessor,
     GenerationSettings,
 )
-from clip_service.metrics import batch_metrics
+from clip_service.engines.caption_engine import CaptionEngine
+from clip_service.metrics import SchedulerMetrics
+from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
-from runners.model_service import drain_on_sigterm, exit_unless_loadable, model_service_config
+from runners.model_service import (
+    answer_overload_with_429,
+    drain_on_sigterm,
+    exit_unless_loadable,
+    model_service_config,
+)
 
 settings = get_settings()
 
@@ -37,21 +45,26 @@ class BlipCaptioner:
         exit_unless_loadable(lambda: CaptionPreprocessor.load(settings.caption_model))
 
     def __init__(self) -> None:
-        self.captioner = Captioner.load(settings.caption_model, settings.device, GENERATION)
+        captioner = Captioner.load(settings.caption_model, settings.device, GENERATION)
+        self.engine = CaptionEngine(
+            captioner,
+            settings.caption_max_batch_size,
+            slice_s=settings.bulk_slice_ms / 1000,
+            max_wait_s=settings.max_latency_ms / 1000,
+            observer=SchedulerMetrics("BlipCaptioner"),
+        )
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.caption_max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-    @batch_metrics("BlipCaptioner", "caption")
-    def caption(self, pixels: np.ndarray) -> list[str]:
+    @bentoml.api
+    async def caption(
+        self, pixels: np.ndarray, priority: Priority = Priority.INTERACTIVE
+    ) -> list[str]:
         """(n, 3, H, W) preprocessed pixels -> n captions."""
-        return self.captioner.caption_pixels(pixels)
+        with answer_overload_with_429():
+            return await self.engine.caption(pixels, priority)
 
     @bentoml.api
     def info(self) -> CaptionerInfo:
-        return self.captioner.info()
+        return self.engine.info()
 
 
 drain_on_sigterm(BlipCaptioner)

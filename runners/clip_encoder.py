@@ -1,8 +1,10 @@
-"""ClipEncoder: the CLIP image and text towers as a BentoML service with adaptive batching.
+"""ClipEncoder: the CLIP model as a BentoML service, with interrogation beside it.
 
-Requests from every caller are micro-batched per API (``max_batch_size`` /
-``max_latency_ms`` from settings). Inputs arrive validated and preprocessed by the entry
-service, so one request can never fail the others in its batch.
+Requests from every caller go through the worker's scheduler (:mod:`clip_service.scheduling`):
+batched across callers, interactive work first, bulk work in slices. Inputs arrive validated
+and preprocessed by the entry service, so one request can never fail the others in its batch.
+Interrogation's label tables are built here in the background from start-up, and prompts are
+made here too: only image features go in and only prompts and scores come out.
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ import bentoml
 import numpy as np
 
 from clip_service.clip_model import ModelInfo, load_configured_clip_model, pick_device
+from clip_service.engines.clip_engine import Analysis, ClipEngine, EngineLimits, Interrogation
 from clip_service.hub import fetch_clip_files
-from clip_service.metrics import batch_metrics
+from clip_service.interrogation.interrogator import Mode
+from clip_service.interrogation.table_build import TablesStatus
+from clip_service.metrics import SchedulerMetrics
 from clip_service.precision import plan
+from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
 from clip_service.specs import parse_clip_spec
-from runners.model_service import drain_on_sigterm, exit_unless_loadable, model_service_config
+from runners.model_service import (
+    answer_overload_with_429,
+    drain_on_sigterm,
+    exit_unless_loadable,
+    model_service_config,
+)
 
 settings = get_settings()
 
@@ -31,53 +42,73 @@ class ClipEncoder:
         exit_unless_loadable(lambda: plan(device, settings.clip_precision, settings.image_runtime))
 
     def __init__(self) -> None:
-        self.model = load_configured_clip_model(settings)
+        limits = EngineLimits(
+            image_max_batch=settings.image_max_batch_size,
+            text_max_batch=settings.text_max_batch_size,
+            slice_s=settings.bulk_slice_ms / 1000,
+            max_wait_s=settings.max_latency_ms / 1000,
+        )
+        model = load_configured_clip_model(settings)
+        self.engine = ClipEngine(model, limits, SchedulerMetrics("ClipEncoder"))
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.image_max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-    @batch_metrics("ClipEncoder", "encode_images")
-    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, 3, H, W) preprocessed pixels -> (n, d) raw image embeddings."""
-        return self.model.encode_images(pixels)
-
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.text_max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-    @batch_metrics("ClipEncoder", "encode_texts")
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        """Texts -> (n, d) raw text embeddings (truncated to the model's context)."""
-        return self.model.encode_texts(texts)
-
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.text_max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-    def encode_texts_full_context(self, texts: list[str]) -> np.ndarray:
-        """Texts -> raw embeddings, each run through the whole context even when trimming
-        is on: clip-interrogator's label tables, whose float16 rounding must be the library's."""
-        return self.model.encode_texts(texts, full_context=True)
+    @bentoml.on_startup
+    def start_label_tables(self) -> None:
+        """Interrogation's label tables load, download or build from the start, at the
+        lowest priority; nothing to do for a CLIP-only deployment."""
+        if settings.interrogation:
+            self.engine.build_label_tables(settings.label_cache_dir, settings.label_tables_download)
 
     @bentoml.api
-    def encode_texts_sharing_prefix(self, texts: list[str]) -> np.ndarray:
-        """Texts sharing a long prefix (one interrogation chain step) -> raw embeddings.
+    async def encode_images(
+        self, pixels: np.ndarray, priority: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
+        """(n, 3, H, W) preprocessed pixels -> (n, d) raw image embeddings."""
+        with answer_overload_with_429():
+            return await self.engine.encode_images(pixels, priority)
 
-        Not batched: a chain step is already a batch, and its prefix runs once.
-        """
-        return self.model.encode_texts_sharing_prefix(texts)
+    @bentoml.api
+    async def encode_texts(
+        self, texts: list[str], priority: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
+        """Texts -> (n, d) raw text embeddings (truncated to the model's context)."""
+        with answer_overload_with_429():
+            return await self.engine.encode_texts(texts, priority)
+
+    @bentoml.api
+    async def interrogate(
+        self,
+        image_features: np.ndarray,
+        mode: Mode,
+        caption: str | None = None,
+        min_flavors: int = 8,
+        max_flavors: int | None = None,
+        wait_s: float = 0.0,
+    ) -> Interrogation:
+        """clip-interrogator 0.6.0's prompt for raw image features and a caption; none if
+        the label tables will not be ready within ``wait_s``."""
+        return await self.engine.interrogate(
+            image_features, mode, caption, min_flavors, max_flavors, wait_s
+        )
+
+    @bentoml.api
+    async def analyze(
+        self, image_features: np.ndarray, top_k: int, wait_s: float = 0.0
+    ) -> Analysis:
+        """The top-k labels of each analysed table with their cosine to the image."""
+        return await self.engine.analyze(image_features, top_k, wait_s)
+
+    @bentoml.api
+    def label_tables(self) -> TablesStatus | None:
+        """How far the label tables are; null when this deployment does no interrogation."""
+        return self.engine.tables_status()
 
     @bentoml.api
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return self.model.count_tokens(texts)
+        return self.engine.model.count_tokens(texts)
 
     @bentoml.api
     def info(self) -> ModelInfo:
-        return self.model.info()
+        return self.engine.info()
 
 
 drain_on_sigterm(ClipEncoder)

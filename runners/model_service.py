@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
 from typing import Any
+
+from bentoml.exceptions import BentoMLException
 
 from clip_service.clip_model import ModelUnavailableError
 from clip_service.draining import GracefulShutdown
+from clip_service.scheduling import Overloaded
 from clip_service.settings import get_settings
 from clip_service.specs import ModelSpecError
 
@@ -23,6 +28,23 @@ def model_service_config(name: str, workers: int) -> dict[str, Any]:
         "traffic": {"timeout": get_settings().max_latency_ms / 1000 + 60},
         "runner_connection": NEVER_RECYCLE,
     }
+
+
+class ModelBusy(BentoMLException):
+    """429 to the caller (the entry service), whose message says when to retry.
+
+    A 4xx, because BentoML replaces the message of every 5xx with a generic one.
+    """
+
+    error_code = HTTPStatus.TOO_MANY_REQUESTS
+
+
+@contextmanager
+def answer_overload_with_429() -> Iterator[None]:
+    try:
+        yield
+    except Overloaded as exc:
+        raise ModelBusy(str(exc)) from None
 
 
 def drain_on_sigterm(service: Any) -> None:

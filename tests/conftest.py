@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +19,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from clip_service.tiny_models import make_all
 
@@ -45,6 +48,41 @@ def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def write_library_cache(
+    directory: Path, model_name: str, tables: Iterable[tuple[str, str, np.ndarray]]
+) -> Path:
+    """(table, label hash, float16 embeds) written where and as clip-interrogator 0.6.0
+    caches its own tables (the hash as int8 character codes), so a library run on
+    ``model_name`` loads these instead of encoding: parity tests give both sides one set."""
+    directory.mkdir(parents=True, exist_ok=True)
+    prefix = model_name.replace("/", "_").replace("@", "_")
+    for table, label_hash, embeds in tables:
+        codes = np.array([ord(c) for c in label_hash], dtype=np.int8)
+        tensors = {"embeds": embeds.astype(np.float16), "hash": codes}
+        save_file(tensors, directory / f"{prefix}_{table}.safetensors")
+    return directory
+
+
+def served_label_tables(cache_dir: Path) -> list[tuple[str, str, np.ndarray]]:
+    """The tables a server wrote into its LABEL_CACHE_DIR, for :func:`write_library_cache`."""
+    found = []
+    for path in sorted(cache_dir.glob("*.safetensors")):
+        with safe_open(path, framework="np") as f:
+            meta = f.metadata()
+            found.append((meta["table"], meta["hash"], f.get_tensor("embeds")))
+    return found
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus exposition's samples named ``name`` with these labels."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def free_port() -> int:

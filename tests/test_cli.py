@@ -51,7 +51,7 @@ def home(tmp_path_factory) -> Path:
 def warm_dir(spec, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("warm")
     out = ok(cli("warm-cache", "--model-name", spec, "--label-cache-dir", directory))
-    assert "6 built, 0 already there" in out
+    assert "6 built, 0 downloaded, 0 already there" in out
     return directory
 
 

@@ -1,11 +1,15 @@
 """Parity of clip_service.interrogation with clip-interrogator 0.6.0, run in-process.
 
-Both sides get the same tiny random-weight open_clip (and BLIP) models. Encoding the full
-~112k labels takes about a minute per side on 2 cores, so the mode-parity tests run on a strided
-subset of the installed word lists (still large enough for every chunked-ranking path at the
-default chunk_size of 2048) with 0.6.0's default settings. Label contents and hashes are
-checked on the full installed lists through the library's own LabelTable code with a stubbed
-encoder, and the full-data mode parity runs with INTERROGATION_FULL_DATA=1.
+Both sides get the same tiny random-weight open_clip (and BLIP) models and the same label
+tables: the tables this project builds (source "built") are handed to the library through
+its own cache format, which it loads after checking their hashes, as it would load the
+tables it downloads. That our tables equal the library's own computation up to float16
+rounding is a test of its own. Encoding the full ~112k labels takes about a minute per side
+on 2 cores, so the mode-parity tests run on a strided subset of the installed word lists
+(still large enough for every chunked-ranking path at the default chunk_size of 2048) with
+0.6.0's default settings. Label contents and hashes are checked on the full installed lists
+through the library's own LabelTable code with a stubbed encoder, and the full-data mode
+parity runs with INTERROGATION_FULL_DATA=1.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from clip_service.interrogation import (
 from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES, package_data_dir
 from clip_service.specs import parse_clip_spec
 from clip_service.tiny_models import make_blip, make_open_clip
+from tests.conftest import write_library_cache
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::FutureWarning", "ignore:CUDA is not available:UserWarning"
@@ -95,11 +100,6 @@ class OpenClipTextEncoder:
         self.calls += 1
         self.batch_sizes.append(len(texts))
         return self.model.encode_texts_sharing_prefix(texts)
-
-    async def encode_texts_full_context(self, texts: Sequence[str]) -> np.ndarray:
-        """What the label tables are built with (EncoderTextTower does the same)."""
-        self.calls += 1
-        return self.model.encode_texts(texts, full_context=True)
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.model.count_tokens(texts)
@@ -173,8 +173,15 @@ def library_config(clip: TinyClip, data_path: Path, cache_path: Path, **override
 async def build_tables(
     encoder: OpenClipTextEncoder, cache_dir: Path, data_dir: Path | None
 ) -> tuple[LabelTables, LabelCache]:
-    cache = LabelCache(cache_dir, MODEL_KEY, encoder.encode_texts_full_context, progress=False)
+    """What the encoder service builds: the trimmed text tower, as it encodes everything."""
+    cache = LabelCache(cache_dir, MODEL_KEY, encoder.encode_texts, progress=False)
     return await cache.embed_all(read_label_tables(data_dir)), cache
+
+
+def give_library(tables: LabelTables, cache_dir: Path) -> Path:
+    """Our tables where the library loads its cache from."""
+    found = [(name, tables[name].table.hash, tables[name].embeds) for name in TABLE_NAMES]
+    return write_library_cache(cache_dir, LIBRARY_MODEL_NAME, found)
 
 
 @pytest.fixture(scope="session")
@@ -192,8 +199,11 @@ def subset_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def library(clip: TinyClip, subset_data: Path, tmp_path_factory) -> LibraryInterrogator:
-    cache = tmp_path_factory.mktemp("library-cache")
+def library(
+    clip: TinyClip, subset_data: Path, tables: LabelTables, tmp_path_factory
+) -> LibraryInterrogator:
+    """The library on the same models and label tables as ours."""
+    cache = give_library(tables, tmp_path_factory.mktemp("library-cache"))
     ci = LibraryInterrogator(library_config(clip, subset_data, cache, caption_model_name=None))
     assert isinstance(ci.tokenize, SimpleTokenizer) and ci.tokenize.context_length == 77
     return ci
@@ -213,7 +223,8 @@ def our_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tables(encoder: OpenClipTextEncoder, our_cache_dir: Path, subset_data: Path) -> LabelTables:
     tables, cache = asyncio.run(build_tables(encoder, our_cache_dir, subset_data))
     assert (cache.built, cache.loaded) == (len(TABLE_NAMES), 0)
-    assert tables.built == TABLE_NAMES
+    assert tables.made_now == TABLE_NAMES
+    assert set(tables.origins.values()) == {"built"}
     return tables
 
 
@@ -299,11 +310,28 @@ def test_labels_and_hashes_equal_library_on_installed_data(monkeypatch, tmp_path
     assert len(ours["trendings"].labels) == 4 * 18
 
 
-def test_embeddings_equal_library(library: LibraryInterrogator, tables: LabelTables) -> None:
+def test_library_ranks_with_our_tables(library: LibraryInterrogator, tables: LabelTables) -> None:
+    """The parity tests' premise: the library loaded our tables instead of encoding."""
     for name in TABLE_NAMES:
         expected = np.stack(getattr(library, name).embeds)
         assert expected.dtype == tables[name].embeds.dtype == np.float32
         np.testing.assert_array_equal(tables[name].embeds, expected, err_msg=name)
+
+
+def test_built_tables_equal_the_librarys_own_up_to_float16_rounding(
+    clip: TinyClip, tables: LabelTables, subset_data: Path, tmp_path: Path
+) -> None:
+    """Ours run the text tower only up to each batch's longest label, the library's through
+    all 77 positions: the same unit float32 features up to rounding (~1e-6), so after float16
+    rounding an element differs by at most that plus one float16 step, and rarely at all."""
+    own = LibraryInterrogator(library_config(clip, subset_data, tmp_path, caption_model_name=None))
+    for name in TABLE_NAMES:
+        theirs = np.stack(getattr(own, name).embeds)
+        ours = tables[name].embeds
+        larger = np.maximum(np.abs(ours), np.abs(theirs)).astype(np.float16)
+        step = np.spacing(larger).astype(np.float32)
+        assert (np.abs(ours - theirs) <= step + 1e-6).all(), name
+        assert (ours != theirs).mean() < 0.01, name
 
 
 @pytest.mark.parametrize(
@@ -479,7 +507,8 @@ def test_cache_is_reused_without_encoding(
     reloaded, cache = asyncio.run(build_tables(fresh, our_cache_dir, subset_data))
     assert fresh.calls == 0
     assert (cache.built, cache.loaded) == (0, len(TABLE_NAMES))
-    assert reloaded.built == ()
+    assert reloaded.made_now == ()
+    assert set(reloaded.origins.values()) == {"built"}  # the origin is kept in the file
     for name in TABLE_NAMES:
         np.testing.assert_array_equal(reloaded[name].embeds, tables[name].embeds)
         path = cache.path(tables[name].table)
@@ -533,7 +562,7 @@ def test_corrupt_cache_file_is_rebuilt(
     corrupt(LabelCache(tmp_path, MODEL_KEY, fresh.encode_texts).path(table), table.hash)
     with caplog.at_level(logging.WARNING, logger="clip_service.interrogation.label_cache"):
         rebuilt, cache = asyncio.run(build_tables(fresh, tmp_path, subset_data))
-    assert rebuilt.built == ("mediums",)
+    assert rebuilt.made_now == ("mediums",)
     assert (cache.built, cache.loaded, fresh.calls) == (1, 5, 1)
     assert "rebuilding" in caplog.text
     np.testing.assert_array_equal(rebuilt["mediums"].embeds, tables["mediums"].embeds)
@@ -547,10 +576,12 @@ def test_corrupt_cache_file_is_rebuilt(
     reason="full ~112k-label parity takes ~3 min on 2 cores; set INTERROGATION_FULL_DATA=1",
 )
 def test_full_data_parity(clip: TinyClip, encoder: OpenClipTextEncoder, tmp_path) -> None:
-    library = LibraryInterrogator(
-        library_config(clip, package_data_dir(), tmp_path / "lib", caption_model_name=None)
-    )
+    """Every installed label, our built tables on both sides."""
     tables, _ = asyncio.run(build_tables(encoder, tmp_path / "ours", None))
+    cache = give_library(tables, tmp_path / "lib")
+    library = LibraryInterrogator(
+        library_config(clip, package_data_dir(), cache, caption_model_name=None)
+    )
     for name in TABLE_NAMES:
         np.testing.assert_array_equal(tables[name].embeds, np.stack(getattr(library, name).embeds))
     interrogator = Interrogator(encoder, tables, InterrogatorSettings())

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPProcessor
 
-from tests.conftest import b64, image_bytes, make_image
+from tests.conftest import b64, image_bytes, make_image, metric_total
 
 pytestmark = pytest.mark.served
 
@@ -149,23 +149,11 @@ def test_bad_input_is_a_400_with_the_error_shape(open_clip_url, path, body, mess
 
 
 def _batch_histogram(url: str) -> tuple[float, float]:
-    """(number of encode_images batches, requests with batch size 1) from /metrics."""
+    """(number of encode_images batches, batches of one image) from /metrics."""
     text = httpx.get(f"{url}/metrics").text
-
-    def value(pattern: str) -> float:
-        found = re.findall(pattern + r'\{[^}]*method_name="encode_images"[^}]*\} (\S+)', text)
-        return sum(float(v) for v in found)
-
-    count = value(r"bentoml_service_adaptive_batch_size_count")
-    ones = sum(
-        float(v)
-        for v in re.findall(
-            r'bentoml_service_adaptive_batch_size_bucket\{le="1.0",[^}]*'
-            r'method_name="encode_images"[^}]*\} (\S+)',
-            text,
-        )
-    )
-    return count, ones
+    name = "clip_service_batch_size"
+    count = metric_total(text, f"{name}_count", method="encode_images")
+    return count, metric_total(text, f"{name}_bucket", method="encode_images", le="1.0")
 
 
 async def _burst(url: str, payloads: list[bytes]) -> list[np.ndarray]:

@@ -1,8 +1,11 @@
-"""Served interrogation equals clip-interrogator 0.6.0 in process, on the same tiny models."""
+"""Served interrogation equals clip-interrogator 0.6.0 in process, on the same tiny models
+and the same label tables: the ones the server built (origin "built"), handed to the library
+through its own cache format."""
 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -12,7 +15,14 @@ from clip_interrogator import Config
 from clip_interrogator import Interrogator as LibraryInterrogator
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
-from tests.conftest import b64, image_bytes, make_image, served
+from tests.conftest import (
+    b64,
+    image_bytes,
+    make_image,
+    served,
+    served_label_tables,
+    write_library_cache,
+)
 
 pytestmark = pytest.mark.served
 
@@ -20,14 +30,33 @@ IMAGE = make_image(7, (300, 220))
 MODES = ["best", "classic", "fast", "negative"]
 
 
+LIBRARY_MODEL_NAME = "ViT-B-32/tiny"  # picks the standard CLIP tokenizer, like the model's
+
+
+def _wait_for_tables(url: str, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tables = httpx.get(f"{url}/model", timeout=30).json()["interrogation"]["label_tables"]
+        if tables["state"] == "ready":
+            return tables
+        time.sleep(1)
+    raise AssertionError(f"label tables not ready after {timeout_s} s: {tables}")
+
+
 @pytest.fixture(scope="module")
-def library(tiny_models, tmp_path_factory) -> LibraryInterrogator:
+def library(tiny_models, server, label_cache, tmp_path_factory) -> LibraryInterrogator:
+    assert set(_wait_for_tables(server)["origins"].values()) == {"built"}
     model, _, preprocess = open_clip.create_model_and_transforms(
         f"local-dir:{tiny_models['open-clip']}"
     )
+    cache = write_library_cache(
+        tmp_path_factory.mktemp("library-cache"),
+        LIBRARY_MODEL_NAME,
+        served_label_tables(label_cache),
+    )
     config = Config(
-        clip_model_name="ViT-B-32/tiny",  # picks the standard CLIP tokenizer, like the model's
-        cache_path=str(tmp_path_factory.mktemp("library-cache")),
+        clip_model_name=LIBRARY_MODEL_NAME,
+        cache_path=str(cache),
         download_cache=False,
         device="cpu",
         quiet=True,

@@ -15,7 +15,7 @@ from tests.conftest import b64, image_bytes, make_image, served
 
 pytestmark = pytest.mark.served
 
-ENCODE_IMAGES = {"service": "ClipEncoder", "method": "encode_images"}
+ENCODE_IMAGES = {"service": "ClipEncoder", "method": "encode_images", "priority": "interactive"}
 
 
 def _samples(url: str) -> dict[tuple[str, frozenset], float]:

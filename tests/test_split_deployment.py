@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,15 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import REPO, _wait_ready, free_port, image_bytes, make_image, serve_env
+from tests.conftest import (
+    REPO,
+    _wait_ready,
+    free_port,
+    image_bytes,
+    make_image,
+    metric_total,
+    serve_env,
+)
 
 pytestmark = pytest.mark.served
 
@@ -187,15 +194,9 @@ def split(tiny_models, tmp_path_factory) -> Iterator[Split]:
 def _encode_images_batches(encoder_url: str) -> tuple[float, float]:
     """(batches, batches of one request) of the encoder's encode_images, from its /metrics."""
     text = httpx.get(f"{encoder_url}/metrics", timeout=10).text
-
-    def total(pattern: str) -> float:
-        regex = pattern + r'[^}]*method_name="encode_images"[^}]*\} (\S+)'
-        return sum(float(v) for v in re.findall(regex, text))
-
-    return (
-        total(r"bentoml_service_adaptive_batch_size_count\{"),
-        total(r'bentoml_service_adaptive_batch_size_bucket\{le="1.0",'),
-    )
+    name = "clip_service_batch_size"
+    count = metric_total(text, f"{name}_count", method="encode_images")
+    return count, metric_total(text, f"{name}_bucket", method="encode_images", le="1.0")
 
 
 async def _burst(url: str, bodies: list[bytes]) -> list[tuple[int, dict]]:

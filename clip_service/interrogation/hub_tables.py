@@ -10,6 +10,7 @@ one log line and ``None``: the caller then builds the table locally, as the libr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import numpy as np
@@ -29,10 +30,11 @@ from huggingface_hub.errors import (
 )
 from safetensors.numpy import load_file
 
+from clip_service.interrogation.label_cache import FetchTable
 from clip_service.interrogation.labels import LabelTable
 from clip_service.specs import parse_clip_spec
 
-__all__ = ["REPO_ID", "REVISION", "fetch_table", "published_name"]
+__all__ = ["REPO_ID", "REVISION", "fetch_table", "published_name", "published_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,19 @@ def published_name(clip_spec: str) -> str | None:
     if spec.backend != "open_clip" or spec.pretrained is None:
         return None
     return f"{spec.name}/{spec.pretrained}".replace("/", "_").replace("@", "_")
+
+
+def published_tables(clip_spec: str) -> FetchTable | None:
+    """A :class:`~.label_cache.LabelCache` ``fetch`` for this model's published tables (run
+    off the event loop), or None when the library publishes none for it."""
+    name = published_name(clip_spec)
+    if name is None:
+        return None
+
+    async def fetch(table: LabelTable, dim: int | None) -> np.ndarray | None:
+        return await asyncio.to_thread(fetch_table, name, table, dim=dim)
+
+    return fetch
 
 
 def fetch_table(

@@ -1,9 +1,10 @@
 """The clip-interrogator 0.6.0 algorithm over injected async encoders, without its models.
 
 Prompts must equal the library's as strings, so its behaviour is reproduced as is, quirks
-included; each quirk is marked "0.6.0 quirk" where it is reproduced. Similarities are computed
-with the same float32 torch operations 0.6.0 runs on CPU (its ``torch.cuda.amp.autocast()`` is
-a no-op there), and text is encoded fresh in float32 wherever 0.6.0 calls the CLIP text encoder.
+included; each quirk is marked "0.6.0 quirk" where it is reproduced. The label tables live on
+the model's device and similarities are computed with the torch operations 0.6.0 runs there:
+float32 on CPU (its ``torch.cuda.amp.autocast()`` is a no-op there), float16 on CUDA; text
+is encoded fresh wherever 0.6.0 calls the CLIP text encoder.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from clip_service.interrogation.label_cache import LabelTables, TableEmbeddings
+from clip_service.interrogation.label_cache import LabelTables
 from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES
 
 __all__ = [
@@ -84,29 +85,30 @@ class _Ranked:
     ``rank`` reproduces ``LabelTable.rank``/``_rank`` of 0.6.0, returning row indices.
     """
 
-    def __init__(self, parts: Sequence[TableEmbeddings], chunk_size: int) -> None:
-        self._arrays = [p.embeds for p in parts]
-        self._starts = np.cumsum([0] + [len(a) for a in self._arrays]).tolist()
-        self.labels = [label for p in parts for label in p.table.labels]
+    def __init__(self, parts: Sequence[torch.Tensor], labels: list[str], chunk_size: int) -> None:
+        self._parts = list(parts)
+        self._starts = np.cumsum([0] + [len(p) for p in self._parts]).tolist()
+        self.labels = labels
         self.chunk_size = chunk_size
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
+    def rows(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop): a view inside one table, a (contiguous) copy across tables."""
         pieces = []
-        for array, begin in zip(self._arrays, self._starts[:-1], strict=True):
-            lo, hi = max(start - begin, 0), min(stop - begin, len(array))
+        for part, begin in zip(self._parts, self._starts[:-1], strict=True):
+            lo, hi = max(start - begin, 0), min(stop - begin, len(part))
             if lo < hi:
-                pieces.append(array[lo:hi])
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+                pieces.append(part[lo:hi])
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
-    def take(self, indices: Sequence[int]) -> np.ndarray:
-        def row(i: int) -> np.ndarray:
+    def take(self, indices: Sequence[int]) -> torch.Tensor:
+        def row(i: int) -> torch.Tensor:
             part = bisect_right(self._starts, i) - 1
-            return self._arrays[part][i - self._starts[part]]
+            return self._parts[part][i - self._starts[part]]
 
         if not indices:
-            return np.empty((0, self._arrays[0].shape[1]), dtype=np.float32)
-        return np.stack([row(i) for i in indices])
+            first = self._parts[0]
+            return first.new_empty((0, first.shape[1]))
+        return torch.stack([row(i) for i in indices])
 
     def rank(self, image: torch.Tensor, top_count: int, reverse: bool = False) -> list[int]:
         n = len(self.labels)
@@ -124,13 +126,20 @@ class _Ranked:
         return [kept[i] for i in _top(image, self.take(kept), top_count, reverse=False)]
 
 
-def _top(image: torch.Tensor, embeds: np.ndarray, top_count: int, reverse: bool) -> list[int]:
-    """0.6.0's ``LabelTable._rank``: top-k of ``image @ embeds.T`` (same op, shapes, tie order)."""
+def _top(image: torch.Tensor, embeds: torch.Tensor, top_count: int, reverse: bool) -> list[int]:
+    """0.6.0's ``LabelTable._rank``: top-k of ``image @ embeds.T`` (same op, shapes, tie order:
+    the top-k itself runs on the CPU in float32, as there)."""
     top_count = min(top_count, len(embeds))
-    similarity = image @ torch.from_numpy(embeds).T
+    similarity = image @ embeds.T
     if reverse:
         similarity = -similarity
-    return similarity.topk(top_count, dim=-1).indices[0].tolist()
+    return similarity.float().cpu().topk(top_count, dim=-1).indices[0].tolist()
+
+
+def _unit(features: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows scaled to unit length (in float32), in ``dtype``: 0.6.0's in-place ``/= norm``."""
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True)).to(dtype)
 
 
 class Interrogator:
@@ -141,13 +150,24 @@ class Interrogator:
         encoder: TextEncoder,
         tables: LabelTables,
         settings: InterrogatorSettings | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
+        """``device``: where the tables are held and ranked (the text tower's device)."""
         self.encoder = encoder
         self.settings = settings or InterrogatorSettings()
+        self.device = torch.device(device)
+        # 0.6.0 keeps the tables in float16 on CUDA and converts them to float32 on CPU.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        embeds = {
+            name: torch.from_numpy(tables[name].embeds).to(self.device, self.dtype)
+            for name in TABLE_NAMES
+        }
+        labels = {name: list(tables[name].table.labels) for name in TABLE_NAMES}
         cs = self.settings.chunk_size
-        self._tables = {name: _Ranked([tables[name]], cs) for name in TABLE_NAMES}
-        self._merged = _Ranked([tables[name] for name in MERGED_TABLES], cs)
-        self._negative_labels = list(tables["negative"].table.labels)
+        self._tables = {name: _Ranked([embeds[name]], labels[name], cs) for name in TABLE_NAMES}
+        merged_labels = [label for name in MERGED_TABLES for label in labels[name]]
+        self._merged = _Ranked([embeds[name] for name in MERGED_TABLES], merged_labels, cs)
+        self._negative_labels = labels["negative"]
         self.dim = tables["flavors"].embeds.shape[1]
 
     async def interrogate(
@@ -200,18 +220,18 @@ class Interrogator:
             for name in ANALYZE_TABLES:
                 table = self._tables[name]
                 top = table.rank(image, top_k)
-                scores = (image @ torch.from_numpy(table.take(top)).T)[0].tolist()
+                scores = (image @ table.take(top).T).float()[0].tolist()
                 out[name] = [(table.labels[i], s) for i, s in zip(top, scores, strict=True)]
             return out
 
         return await asyncio.to_thread(run)
 
     def _normalise(self, image_features: np.ndarray) -> torch.Tensor:
-        """(1, d) unit image features, normalised in float32 as 0.6.0's image_to_features does."""
+        """(1, d) unit image features on the tables' device, as 0.6.0's image_to_features."""
         image = torch.from_numpy(np.asarray(image_features, dtype=np.float32).reshape(1, -1))
         if image.shape[1] != self.dim:
             raise ValueError(f"image features have {image.shape[1]} dims, tables {self.dim}")
-        return image / image.norm(dim=-1, keepdim=True)
+        return _unit(image.to(self.device), self.dtype)
 
     async def _rank(
         self, table: _Ranked, image: torch.Tensor, top_count: int, reverse: bool = False
@@ -333,11 +353,9 @@ class Interrogator:
         """(n, 1) cosine similarities of freshly encoded float32 text features, as 0.6.0."""
         return self._cosine(image, await self.encoder.encode_texts(texts))
 
-    @staticmethod
-    def _cosine(image: torch.Tensor, text_features: np.ndarray) -> torch.Tensor:
+    def _cosine(self, image: torch.Tensor, text_features: np.ndarray) -> torch.Tensor:
         features = torch.from_numpy(np.asarray(text_features, dtype=np.float32))
-        features = features / features.norm(dim=-1, keepdim=True)
-        return features @ image.T
+        return (_unit(features.to(self.device), self.dtype) @ image.T).float().cpu()
 
     async def _similarity(self, image: torch.Tensor, text: str) -> float:
         return (await self._text_similarity(image, [text]))[0, 0].item()

@@ -1,100 +1,71 @@
-"""The entry service's interrogation: image -> CLIP features and BLIP caption -> prompt.
+"""The entry service's side of interrogation: an image in, a prompt (or top labels) out.
 
-The algorithm (:mod:`.interrogator`) runs here, next to the HTTP layer; every model call
-goes to the batched model services, so interrogations from all callers share batches.
+The entry decodes the image, asks the captioner for its caption and the encoder for its
+features (at interrogation priority, concurrently), then hands both to the encoder, where
+the label tables and the algorithm live. While the tables are still being made, a request
+waits for them only if they should be ready within half its time budget; otherwise it is
+answered 503 at once, with the build's progress and when to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
 from ..captioning import CaptionerInfo
-from ..encoding import EncoderClient, ItemEncoder
+from ..encoding import ItemEncoder
+from ..engines.clip_engine import Analysis, Interrogation
 from ..metrics import timed_interrogation
-from ..once import Once
 from ..remote import RemoteModel
-from .interrogator import Interrogator, Mode
-from .label_cache import LabelCache
-from .labels import read_label_tables
+from ..scheduling import Priority
+from ..service_errors import Unavailable
+from .interrogator import Mode
+from .table_build import TablesStatus
 
-logger = logging.getLogger(__name__)
+# Retry-After bounds while the tables are being made: soon enough to see progress, not so
+# soon that clients poll a build that has hours to go.
+MIN_RETRY_S, MAX_RETRY_S = 5, 300
 
 
 class CaptionerClient(Protocol):
     """The async API of the ``BlipCaptioner`` service."""
 
-    async def caption(self, pixels: np.ndarray) -> list[str]: ...
+    async def caption(self, pixels: np.ndarray, priority: Priority = ...) -> list[str]: ...
     async def info(self) -> CaptionerInfo: ...
 
 
-class EncoderTextTower:
-    """The interrogator's ``TextEncoder``, served by the ``ClipEncoder`` service."""
+class InterrogatingEncoder(Protocol):
+    """The interrogation API of the ``ClipEncoder`` service (keyword arguments)."""
 
-    def __init__(self, client: EncoderClient, context_length: int) -> None:
-        self.client, self.context_length = client, context_length
-
-    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.client.encode_texts(list(texts))
-
-    async def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.client.encode_texts_sharing_prefix(list(texts))
-
-    async def encode_texts_full_context(self, texts: Sequence[str]) -> np.ndarray:
-        """Label tables: the library's exact float16 values (see ClipModel.encode_texts)."""
-        return await self.client.encode_texts_full_context(list(texts))
-
-    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        return await self.client.count_tokens(list(texts))
+    async def label_tables(self) -> TablesStatus: ...
+    async def interrogate(self, **kwargs: Any) -> Interrogation: ...
+    async def analyze(self, **kwargs: Any) -> Analysis: ...
 
 
 class InterrogationPipeline:
     def __init__(
         self,
         items: ItemEncoder,
+        encoder: InterrogatingEncoder,
         captioner: CaptionerClient,
-        label_cache_dir: Path,
-        exact_label_tables: bool = True,
+        request_timeout_s: float,
     ) -> None:
-        self.items, self.captioner_client = items, captioner
+        self.items, self.encoder, self.captioner_client = items, encoder, captioner
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
-        self.label_cache_dir, self.exact_label_tables = label_cache_dir, exact_label_tables
-        # The label tables are loaded or built once, by the first request that needs them.
-        self.interrogator = Once(self._load_interrogator)
+        # Label tables still being made are waited for only within half a request's budget.
+        self.max_wait_s = request_timeout_s / 2
 
-    async def _load_interrogator(self) -> Interrogator:
-        info = await self.items.model_info()
-        tower = EncoderTextTower(self.items.encoder, info.context_length)
-        encode = tower.encode_texts_full_context if self.exact_label_tables else tower.encode_texts
-        cache = LabelCache(self.label_cache_dir, info.spec, encode)
-        tables = await cache.embed_all(read_label_tables())
-        return Interrogator(tower, tables)
-
-    async def warm(self, attempts: int = 30, pause_s: float = 2.0) -> None:
-        """Load or build the label tables ahead of the first request, once the encoder is up.
-
-        Started when the entry service starts; a request that comes before it is done waits
-        for the same build rather than starting another.
-        """
-        for attempt in range(attempts):
-            try:
-                await self.interrogator
-                return
-            except Exception as exc:  # the encoder is not up yet; requests will retry too
-                if attempt == attempts - 1:
-                    logger.warning("label tables not built at start-up: %s", exc)
-                await asyncio.sleep(pause_s)
-
-    async def caption(self, image: Image.Image) -> str:
+    async def caption(self, image: Image.Image, priority: Priority = Priority.INTERACTIVE) -> str:
         _, preprocess = await self.captioner.get()
         pixels = await asyncio.to_thread(preprocess, image)
-        return (await self.captioner_client.caption(pixels[None]))[0]
+        return (await self.captioner_client.caption(pixels=pixels[None], priority=priority))[0]
+
+    async def tables(self) -> TablesStatus:
+        return await self.encoder.label_tables()
 
     @timed_interrogation
     async def interrogate(
@@ -107,20 +78,56 @@ class InterrogationPipeline:
     ) -> tuple[str, str]:
         """(prompt, caption used: "" in negative mode, which uses none). The caption is
         generated while CLIP encodes the image, unless given or not needed."""
-        needs_caption = mode is not Mode.NEGATIVE and not caption
-        jobs = [self.items.encode_image(image), self.interrogator]
-        if needs_caption:
-            jobs.append(self.caption(image))
-        features, interrogator, *generated = await asyncio.gather(*jobs)
+        started = time.monotonic()
+        await self._refuse_unless_tables_due()
+        jobs: list[Any] = [self.items.encode_image(image, Priority.INTERROGATION)]
+        if mode is not Mode.NEGATIVE and not caption:
+            jobs.append(self.caption(image, Priority.INTERROGATION))
+        features, *generated = await asyncio.gather(*jobs)
         if generated:
             caption = generated[0]
-        prompt = await interrogator.interrogate(
-            features, mode, caption=caption, min_flavors=min_flavors, max_flavors=max_flavors
+        answer = await self.encoder.interrogate(
+            image_features=features,
+            mode=mode,
+            caption=caption,
+            min_flavors=min_flavors,
+            max_flavors=max_flavors,
+            wait_s=self._wait_left(started),
         )
-        return prompt, caption if mode is not Mode.NEGATIVE else ""
+        if answer.prompt is None:
+            raise tables_unavailable(answer.tables)
+        return answer.prompt, "" if mode is Mode.NEGATIVE else caption or ""
 
     async def analyze(self, image: Image.Image, top_k: int) -> dict[str, list[tuple[str, float]]]:
-        features, interrogator = await asyncio.gather(
-            self.items.encode_image(image), self.interrogator
+        started = time.monotonic()
+        await self._refuse_unless_tables_due()
+        features = await self.items.encode_image(image, Priority.INTERROGATION)
+        answer = await self.encoder.analyze(
+            image_features=features, top_k=top_k, wait_s=self._wait_left(started)
         )
-        return await interrogator.analyze(features, top_k)
+        if answer.labels is None:
+            raise tables_unavailable(answer.tables)
+        return answer.labels
+
+    async def _refuse_unless_tables_due(self) -> None:
+        """503 before any model work when the tables will not be ready in time."""
+        status = await self.tables()
+        if status.state != "ready" and (status.eta_s is None or status.eta_s > self.max_wait_s):
+            raise tables_unavailable(status)
+
+    def _wait_left(self, started: float) -> float:
+        return max(0.0, self.max_wait_s - (time.monotonic() - started))
+
+
+def tables_unavailable(status: TablesStatus) -> Unavailable:
+    """503: the label tables are not ready; the message says how far they are."""
+    if status.state == "failed":
+        message = f"label tables: the build failed ({status.error}) and is being retried"
+        return Unavailable(message, MAX_RETRY_S // 10)
+    eta = status.eta_s if status.eta_s is not None else MAX_RETRY_S // 10
+    message = (
+        f"label tables are being made for this CLIP model (first start): {status.progress}. "
+        "Interrogation starts when they are ready; CLIP routes work meanwhile. Build them "
+        "ahead of time with `clip-service warm-cache`."
+    )
+    return Unavailable(message, int(min(max(eta, MIN_RETRY_S), MAX_RETRY_S)))

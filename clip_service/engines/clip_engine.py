@@ -1,0 +1,191 @@
+"""The CLIP model as one model worker serves it: scheduled, with interrogation beside it.
+
+Interrogation runs here, next to the text tower, rather than in the entry service: the label
+tables (230-460 MB) are held once per model worker, on the model's device, and a best-mode
+prompt's ~200 text-tower calls never leave the process. Only features go in, and only the
+prompt or the top labels come out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from ..clip_model import ClipModel, ModelInfo
+from ..interrogation.hub_tables import published_tables
+from ..interrogation.interrogator import Interrogator, Mode
+from ..interrogation.label_cache import LabelCache, LabelTables
+from ..interrogation.labels import read_label_tables
+from ..interrogation.table_build import TableBuild, TablesStatus
+from ..scheduling import Method, Priority, Scheduler, SchedulerObserver
+
+# A chain step's prompts share one prefix and run as one job, sliced by time: no other
+# bound is needed (the prefix path bounds its activations itself).
+PREFIXED_MAX_BATCH = 4096
+
+
+class Interrogation(BaseModel):
+    """A prompt, or none yet: the label tables are still being made (``tables`` says how far)."""
+
+    prompt: str | None
+    tables: TablesStatus
+
+
+class Analysis(BaseModel):
+    """Top labels per table with their cosines, or none yet (see :class:`Interrogation`)."""
+
+    labels: dict[str, list[tuple[str, float]]] | None
+    tables: TablesStatus
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """How the scheduler batches and slices (settings, see the README)."""
+
+    image_max_batch: int
+    text_max_batch: int
+    slice_s: float
+    max_wait_s: float
+
+
+class ClipEngine:
+    """One worker's CLIP model behind its scheduler; label tables built when interrogating."""
+
+    def __init__(
+        self,
+        model: ClipModel,
+        limits: EngineLimits,
+        observer: SchedulerObserver | None = None,
+    ) -> None:
+        self.model = model
+        self.scheduler = Scheduler(
+            [
+                Method("encode_images", model.encode_images, limits.image_max_batch),
+                Method("encode_texts", model.encode_texts, limits.text_max_batch),
+                Method(
+                    "encode_prefixed",
+                    model.encode_texts_sharing_prefix,
+                    PREFIXED_MAX_BATCH,
+                    merge=False,
+                ),
+            ],
+            slice_s=limits.slice_s,
+            max_wait_s=limits.max_wait_s,
+            observer=observer,
+            thread_name="clip",
+        )
+        self.tables: TableBuild | None = None
+        self._interrogator: Interrogator | None = None
+
+    async def encode_images(
+        self, pixels: np.ndarray, priority: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
+        """(n, 3, H, W) preprocessed pixels -> (n, d) raw image embeddings."""
+        return await self.scheduler.run("encode_images", pixels, priority)
+
+    async def encode_texts(
+        self, texts: Sequence[str], priority: Priority = Priority.INTERACTIVE
+    ) -> np.ndarray:
+        """Texts -> (n, d) raw text embeddings (truncated to the model's context)."""
+        return await self.scheduler.run("encode_texts", list(texts), priority)
+
+    def info(self) -> ModelInfo:
+        return self.model.info()
+
+    def build_label_tables(self, cache_dir: Path, download: bool) -> None:
+        """Start making the interrogation label tables in the background (once).
+
+        ``download``: fetch the tables clip-interrogator publishes for this model, if any,
+        before encoding them here.
+        """
+        if self.tables is not None:
+            return
+        spec = self.model.spec.raw
+
+        async def encode(texts: Sequence[str]) -> np.ndarray:
+            return await self.encode_texts(texts, Priority.BACKGROUND)
+
+        fetch = published_tables(spec) if download else None
+        cache = LabelCache(cache_dir, spec, encode, fetch=fetch)
+        self.tables = TableBuild(cache, read_label_tables())
+        self.tables.start()
+
+    def tables_status(self) -> TablesStatus | None:
+        """None when this worker does no interrogation."""
+        return self.tables.status() if self.tables is not None else None
+
+    async def interrogate(
+        self,
+        image_features: np.ndarray,
+        mode: Mode,
+        caption: str | None,
+        min_flavors: int,
+        max_flavors: int | None,
+        wait_s: float,
+    ) -> Interrogation:
+        """The prompt, or none when the label tables will not be ready within ``wait_s``."""
+        tables = self._tables()
+        interrogator = await self._ready(tables, wait_s)
+        prompt = None
+        if interrogator is not None:
+            prompt = await interrogator.interrogate(
+                image_features,
+                mode,
+                caption=caption,
+                min_flavors=min_flavors,
+                max_flavors=max_flavors,
+            )
+        return Interrogation(prompt=prompt, tables=tables.status())
+
+    async def analyze(self, image_features: np.ndarray, top_k: int, wait_s: float) -> Analysis:
+        """Top-k labels per table, or none when the tables will not be ready within ``wait_s``."""
+        tables = self._tables()
+        interrogator = await self._ready(tables, wait_s)
+        labels = None if interrogator is None else await interrogator.analyze(image_features, top_k)
+        return Analysis(labels=labels, tables=tables.status())
+
+    def _tables(self) -> TableBuild:
+        if self.tables is None:
+            raise RuntimeError("this worker does no interrogation (CAPTION_MODEL=none)")
+        return self.tables
+
+    async def _ready(self, build: TableBuild, wait_s: float) -> Interrogator | None:
+        """The interrogator, waiting for the tables only if they should be done in time."""
+        tables = build.ready
+        if tables is None:
+            eta = build.eta_s()
+            if eta is None or eta > wait_s:
+                return None
+            tables = await build.wait(wait_s)
+            if tables is None:
+                return None
+        if self._interrogator is None:
+            self._interrogator = self._make_interrogator(tables)
+        return self._interrogator
+
+    def _make_interrogator(self, tables: LabelTables) -> Interrogator:
+        return Interrogator(_ScheduledTextTower(self), tables, device=self.model.device)
+
+
+class _ScheduledTextTower:
+    """The interrogator's text encoder: this worker's model at interrogation priority."""
+
+    def __init__(self, engine: ClipEngine) -> None:
+        self.engine = engine
+        self.context_length = engine.model.context_length
+
+    async def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return await self.engine.encode_texts(texts, Priority.INTERROGATION)
+
+    async def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
+        return await self.engine.scheduler.run(
+            "encode_prefixed", list(texts), Priority.INTERROGATION
+        )
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokenizing a few prompts is quick: done here, outside the model's queue."""
+        return self.engine.model.count_tokens(texts)
