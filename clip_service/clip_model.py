@@ -7,6 +7,7 @@ raw texts, and returns the models' raw (un-normalised) embeddings as float32 num
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 from .precision import PrecisionSetting, RuntimeSetting, plan
 from .preprocess import PreprocessConfig, input_size
 from .specs import ClipSpec, parse_clip_spec
-from .text_prefix import PrefixTower, encode_sharing_prefix
+from .text_prefix import PrefixCache, PrefixTower, encode_sharing_prefix
 
 if TYPE_CHECKING:
     from .image_runtime import OnnxImageTower
@@ -97,6 +98,11 @@ class ClipModel(ABC):
     # timing (kernels pick their blocking from the threads they get).
     _forward_lock = threading.Lock()
 
+    @functools.cached_property
+    def _prefixes(self) -> PrefixCache:
+        """Recent chain-step prefixes' keys and values (see :mod:`.text_prefix`)."""
+        return PrefixCache()
+
     @torch.inference_mode()
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
         """(n, 3, H, W) float32 preprocessed pixels -> (n, d) float32 embeddings."""
@@ -136,7 +142,7 @@ class ClipModel(ABC):
             with self._forward_lock:
                 features = self._text_features(tokens, self.trim_text)
         else:
-            features = encode_sharing_prefix(*split, self._forward_lock)
+            features = encode_sharing_prefix(*split, self._forward_lock, self._prefixes)
         return features.float().cpu().numpy()
 
     def info(self) -> ModelInfo:

@@ -6,10 +6,15 @@ then each text's suffix (up to its end-of-text token, where the output is read) 
 attending to the prefix's keys/values plus its own causal part. A clip-interrogator chain
 step scores ~2,000 prompts ``f"{prompt}, {flavor}"`` sharing ``prompt``, so most of the work
 goes. The result equals the plain forward pass up to float rounding.
+
+A :class:`PrefixCache` keeps recent prefixes' keys and values: a chain step's prompts arrive
+in several slices (the scheduler interleaves other work), and each step's prompt extends the
+previous step's, so most prefixes are computed once per interrogation, not once per call.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -43,6 +48,34 @@ class PrefixTower:
     embed: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # ids (n, s), positions (s,)
     layers: Sequence[PrefixLayer]
     head: Callable[[torch.Tensor], torch.Tensor]  # (n, d) pooled tokens -> final norm, proj
+
+
+LayerCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (1, h, p, d)
+
+
+class PrefixCache:
+    """The keys and values of the last ``entries`` prefixes, by token ids."""
+
+    def __init__(self, entries: int = 16) -> None:
+        self.entries = entries
+        self._cached: OrderedDict[tuple[int, ...], LayerCache] = OrderedDict()
+
+    def longest(self, ids: tuple[int, ...]) -> tuple[int, LayerCache | None]:
+        """(length, keys and values) of the longest cached prefix of ``ids`` ((0, None): none)."""
+        best: tuple[int, ...] = ()
+        for key in self._cached:
+            if len(best) < len(key) <= len(ids) and ids[: len(key)] == key:
+                best = key
+        if not best:
+            return 0, None
+        self._cached.move_to_end(best)
+        return len(best), self._cached[best]
+
+    def put(self, ids: tuple[int, ...], layers: LayerCache) -> None:
+        self._cached[ids] = layers
+        self._cached.move_to_end(ids)
+        while len(self._cached) > self.entries:
+            self._cached.popitem(last=False)
 
 
 def shared_prefix_length(ids: torch.Tensor, eot: torch.Tensor) -> int:
@@ -86,21 +119,28 @@ def encode_sharing_prefix(
     ids: torch.Tensor,
     eot: torch.Tensor,
     lock: AbstractContextManager,
+    cache: PrefixCache | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
 ) -> torch.Tensor:
     """Pooled, projected features of token rows ``ids`` (n, L) read at ``eot`` (n,).
 
-    ``lock`` is held per forward chunk, so other batches can run in between.
+    ``lock`` is held per forward chunk, so other batches can run in between. The prefix's
+    keys and values come from ``cache`` as far as it has them, and are stored there.
     """
     p = shared_prefix_length(ids, eot)
     positions = torch.arange(ids.shape[1], device=ids.device)
-    cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(tower.layers)
-    if p:
+    prefix = tuple(ids[0, :p].tolist())
+    known, past = cache.longest(prefix) if cache is not None else (0, None)
+    layers: list[tuple[torch.Tensor, torch.Tensor] | None]
+    layers = list(past) if past is not None else [None] * len(tower.layers)
+    if p > known:
         with lock:
-            x = tower.embed(ids[:1, :p], positions[:p])
+            x = tower.embed(ids[:1, known:p], positions[known:p])
             for i, layer in enumerate(tower.layers):
-                x, k, v = _layer(layer, x, None)
-                cache[i] = (k, v)
+                x, k, v = _layer(layer, x, layers[i])
+                layers[i] = (k, v)
+        if cache is not None:
+            cache.put(prefix, layers)  # type: ignore[arg-type]
     suffix_lengths = eot - p + 1
     order = torch.argsort(suffix_lengths, stable=True)
     sorted_lengths = suffix_lengths[order].tolist()
@@ -109,8 +149,8 @@ def encode_sharing_prefix(
         rows, s = order[start:stop], sorted_lengths[stop - 1]
         with lock:
             x = tower.embed(ids[rows, p : p + s], positions[p : p + s])
-            for layer, past in zip(tower.layers, cache, strict=True):
-                x, _, _ = _layer(layer, x, past)
+            for layer, past_kv in zip(tower.layers, layers, strict=True):
+                x, _, _ = _layer(layer, x, past_kv if p else None)
             pooled = x[torch.arange(len(rows), device=x.device), eot[rows] - p]
             parts.append(tower.head(pooled))
     features = torch.cat(parts)

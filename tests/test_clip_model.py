@@ -12,7 +12,12 @@ from transformers import CLIPModel, CLIPTokenizer
 from clip_service.backends.open_clip_backend import OpenClipModel
 from clip_service.clip_model import ClipModel, load_clip_model
 from clip_service.specs import parse_clip_spec
-from clip_service.text_prefix import encode_sharing_prefix, shared_prefix_length
+from clip_service.text_prefix import (
+    PrefixCache,
+    PrefixTower,
+    encode_sharing_prefix,
+    shared_prefix_length,
+)
 
 TEXTS = ["a cat", "a very long description of a painting " * 20, "x", "two words"]
 
@@ -105,3 +110,31 @@ def test_texts_without_a_common_prefix(model):
     _, ids, eot = model._prefix_inputs(model._tokenize(same, True))
     assert shared_prefix_length(ids, eot) == 3  # each keeps its end token
     assert_close_to(model.encode_texts_sharing_prefix(same), full_context_reference(model, same))
+
+
+def test_slices_and_longer_prompts_reuse_cached_prefixes(model):
+    """A chain step arrives in slices, and the next step's prompt extends this one's: the
+    prefix's keys and values are computed once, then only the new tokens on top of them."""
+    tower, ids, eot = model._prefix_inputs(model._tokenize(CHAIN_STEP, True))
+    prefix_tokens: list[int] = []
+
+    def counting_embed(step_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        if len(step_ids) == 1:  # the prefix runs as one row; suffixes as a batch
+            prefix_tokens.append(step_ids.shape[1])
+        return tower.embed(step_ids, positions)
+
+    counted = PrefixTower(counting_embed, tower.layers, tower.head)
+    cache = PrefixCache()
+    expected = full_context_reference(model, CHAIN_STEP)
+    half = len(CHAIN_STEP) // 2
+    slices = [slice(0, half), slice(half, None)]
+    for rows in slices:
+        sliced = encode_sharing_prefix(counted, ids[rows], eot[rows], nullcontext(), cache)
+        assert_close_to(sliced.numpy(), expected[rows])
+    longest = max(shared_prefix_length(ids[rows], eot[rows]) for rows in slices)
+    assert sum(prefix_tokens) == longest  # no prefix token was computed twice
+    longer = [f"{PROMPT}, oil on canvas, {flavor}" for flavor in ("red", "blue")]
+    _, ids_l, eot_l = model._prefix_inputs(model._tokenize(longer, True))
+    out = encode_sharing_prefix(counted, ids_l, eot_l, nullcontext(), cache)
+    assert_close_to(out.numpy(), full_context_reference(model, longer))
+    assert sum(prefix_tokens) == shared_prefix_length(ids_l, eot_l)  # only the new ones added
