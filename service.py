@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import bentoml
+import torch
 from pydantic import Field
 from starlette.middleware.cors import CORSMiddleware
 
@@ -84,6 +85,10 @@ class ClipApi:
         captioner = bentoml.depends(BlipCaptioner, url=settings.captioner_url)
 
     def __init__(self) -> None:
+        # Decoding and preprocessing run many requests at once in threads: one torch thread
+        # each, or they fight the model (on the same cores) for every core; 2-30x slower
+        # when they did. Here, not at import: the model services import this module too.
+        torch.set_num_threads(1)
         encoder = Guarded(self.encoder.to_async, "ClipEncoder")
         self.items = ItemEncoder(encoder, settings)
         self.interrogation = None

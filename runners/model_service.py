@@ -21,11 +21,17 @@ NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}
 
 
 def model_service_config(name: str, workers: int) -> dict[str, Any]:
-    """``@bentoml.service`` arguments of a model service."""
+    """``@bentoml.service`` arguments of a model service.
+
+    Its time limit is the entry's, plus a margin: an interrogation runs for as long as the
+    entry lets it (the entry's timeout is what bounds a request), and interactive calls are
+    bounded by the scheduler's wait budget long before.
+    """
+    settings = get_settings()
     return {
         "name": name,
         "workers": workers,
-        "traffic": {"timeout": get_settings().max_latency_ms / 1000 + 60},
+        "traffic": {"timeout": settings.request_timeout_s + 60},
         "runner_connection": NEVER_RECYCLE,
     }
 

@@ -19,8 +19,9 @@ from clip_service.scheduling import Priority
 from clip_service.service_errors import Unavailable
 
 READY = TablesStatus(state="ready", labels_done=10, labels_total=10, origins={"flavors": "hub"})
-BUILDING = TablesStatus(state="building", labels_done=2, labels_total=10, eta_s=900)
-SOON = TablesStatus(state="building", labels_done=9, labels_total=10, eta_s=3)
+BUILDING = TablesStatus(state="building", labels_done=2, labels_total=10, encoding=True, eta_s=900)
+SOON = TablesStatus(state="building", labels_done=9, labels_total=10, encoding=True, eta_s=3)
+LOADING = TablesStatus(state="building", labels_done=0, labels_total=10)
 
 
 class FakeItems:
@@ -116,6 +117,14 @@ def test_tables_due_within_half_the_request_budget_are_waited_for() -> None:
     with pytest.raises(Unavailable) as refused:
         asyncio.run(short.interrogate(IMAGE, Mode.FAST, "given", 8, None))
     assert refused.value.headers == {"Retry-After": "5"}  # at least MIN_RETRY_S
+
+
+def test_tables_being_loaded_are_waited_for() -> None:
+    """After a restart the tables load from the cache in seconds: no 503 for that."""
+    made, (_, encoder, _) = pipeline(LOADING, timeout_s=60)
+    with pytest.raises(Unavailable):  # the fake never becomes ready: the encoder says no
+        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+    assert len(encoder.calls) == 1 and encoder.calls[0]["wait_s"] > 29  # it was asked to wait
 
 
 def test_a_failed_build_says_so() -> None:

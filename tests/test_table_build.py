@@ -73,7 +73,8 @@ def test_progress_counts_labels_and_the_build_survives_waiters_that_give_up(tmp_
         for _ in range(3):
             encoder.gate.release()
         await until(lambda: tables.done == 30)
-        assert tables.eta_s() is not None and tables.eta_s() > 0
+        eta = tables.status().eta_s
+        assert eta is not None and eta > 0 and tables.status().encoding
         assert "30 of 80 labels embedded (38%)" in tables.status().progress
         # A waiter that times out, and one that is cancelled, leave the build running.
         assert await tables.wait(0.05) is None
@@ -140,6 +141,18 @@ def test_a_failed_build_is_reported_and_retried(tmp_path, monkeypatch) -> None:
         assert tables.status().state == "ready" and tables.status().error is None
 
     run(scenario())
+
+
+def test_loading_is_worth_waiting_for_and_encoding_only_when_due() -> None:
+    def status(**fields) -> TablesStatus:
+        return TablesStatus(labels_done=1, labels_total=4, **fields)
+
+    assert status(state="ready").due_within(0)
+    assert not status(state="failed").due_within(1e9)
+    assert status(state="building", encoding=False).due_within(1)  # loading, downloading
+    assert not status(state="building", encoding=True).due_within(1e9)  # no rate yet
+    assert status(state="building", encoding=True, eta_s=20).due_within(30)
+    assert not status(state="building", encoding=True, eta_s=40).due_within(30)
 
 
 @pytest.mark.parametrize(

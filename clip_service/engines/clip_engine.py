@@ -157,8 +157,7 @@ class ClipEngine:
         """The interrogator, waiting for the tables only if they should be done in time."""
         tables = build.ready
         if tables is None:
-            eta = build.eta_s()
-            if eta is None or eta > wait_s:
+            if not build.status().due_within(wait_s):
                 return None
             tables = await build.wait(wait_s)
             if tables is None:

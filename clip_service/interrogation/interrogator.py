@@ -228,7 +228,8 @@ class Interrogator:
 
     def _normalise(self, image_features: np.ndarray) -> torch.Tensor:
         """(1, d) unit image features on the tables' device, as 0.6.0's image_to_features."""
-        image = torch.from_numpy(np.asarray(image_features, dtype=np.float32).reshape(1, -1))
+        # A copy (torch.tensor): features decoded from a request are read-only arrays.
+        image = torch.tensor(np.asarray(image_features, dtype=np.float32).reshape(1, -1))
         if image.shape[1] != self.dim:
             raise ValueError(f"image features have {image.shape[1]} dims, tables {self.dim}")
         return _unit(image.to(self.device), self.dtype)
@@ -354,7 +355,7 @@ class Interrogator:
         return self._cosine(image, await self.encoder.encode_texts(texts))
 
     def _cosine(self, image: torch.Tensor, text_features: np.ndarray) -> torch.Tensor:
-        features = torch.from_numpy(np.asarray(text_features, dtype=np.float32))
+        features = torch.tensor(np.asarray(text_features, dtype=np.float32))
         return (_unit(features.to(self.device), self.dtype) @ image.T).float().cpu()
 
     async def _similarity(self, image: torch.Tensor, text: str) -> float:

@@ -76,7 +76,6 @@ class LabelCache:
     Files are named by model key, table name and label hash; the full key and hash are also
     stored inside and checked on load with the shape, dtype and finiteness, so a stale,
     truncated or foreign file is rebuilt (with a warning) instead of trusted.
-    ``on_encoded(n)`` is called after each chunk of ``n`` labels is encoded (progress).
     """
 
     def __init__(
@@ -88,14 +87,12 @@ class LabelCache:
         fetch: FetchTable | None = None,
         chunk_size: int = 2048,
         progress: bool = True,
-        on_encoded: Callable[[int], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.model_key = model_key
         self.encode, self.fetch = encode, fetch
         self.chunk_size = chunk_size
         self.progress = progress
-        self.on_encoded = on_encoded
         self.loaded = 0  # tables taken from disk, for metrics and tests
         self.fetched = 0  # tables taken from the Hub
         self.built = 0  # tables encoded
@@ -161,8 +158,6 @@ class LabelCache:
                 raise ValueError(f"encoder returned shape {raw.shape} for {len(chunk)} texts")
             features = torch.from_numpy(raw)
             parts.append((features / features.norm(dim=-1, keepdim=True)).half().numpy())
-            if self.on_encoded is not None:
-                self.on_encoded(len(chunk))
         return np.concatenate(parts)
 
     def _read(

@@ -112,7 +112,7 @@ class InterrogationPipeline:
     async def _refuse_unless_tables_due(self) -> None:
         """503 before any model work when the tables will not be ready in time."""
         status = await self.tables()
-        if status.state != "ready" and (status.eta_s is None or status.eta_s > self.max_wait_s):
+        if not status.due_within(self.max_wait_s):
             raise tables_unavailable(status)
 
     def _wait_left(self, started: float) -> float:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel
 
 from .label_cache import LabelCache, LabelTables, TableEmbeddings
@@ -30,9 +31,23 @@ class TablesStatus(BaseModel):
     state: Literal["building", "ready", "failed"]
     labels_done: int
     labels_total: int
-    eta_s: float | None = None  # while building, once a rate has been measured
+    # While building: whether labels are being encoded here (else tables are being loaded
+    # or downloaded, which is quick), and the time left once a rate has been measured.
+    encoding: bool = False
+    eta_s: float | None = None
     error: str | None = None  # the last failure, while retrying
     origins: dict[str, str] = {}  # table -> "hub" (published) or "built" (encoded here)
+
+    def due_within(self, seconds: float) -> bool:
+        """Whether the tables should be ready within ``seconds``: worth waiting for.
+
+        Loading or downloading counts as due; encoding only once its measured rate says so.
+        """
+        if self.state != "building":
+            return self.state == "ready"
+        if not self.encoding:
+            return True
+        return self.eta_s is not None and self.eta_s <= seconds
 
     @property
     def progress(self) -> str:
@@ -56,7 +71,8 @@ class TableBuild:
         self._error: str | None = None
         self._result: LabelTables | None = None
         self._task: asyncio.Task[LabelTables] | None = None
-        cache.on_encoded = self._count_encoded
+        self._encode = cache.encode
+        cache.encode = self._encode_counting
 
     def start(self) -> None:
         """Begin in the running event loop (once; later calls do nothing)."""
@@ -79,14 +95,13 @@ class TableBuild:
             state="failed" if self._error else "building",
             labels_done=self.done,
             labels_total=self.total,
-            eta_s=self.eta_s(),
+            encoding=self._encoding_since is not None,
+            eta_s=self._eta_s(),
             error=self._error,
         )
 
-    def eta_s(self) -> float | None:
-        """Seconds left at the rate measured so far (None before the first encoded chunk)."""
-        if self._result is not None:
-            return 0.0
+    def _eta_s(self) -> float | None:
+        """Seconds left at the encoding rate so far (None before a chunk was encoded)."""
         if not self._encoded or self._encoding_since is None:
             return None
         rate = self._encoded / max(time.monotonic() - self._encoding_since, 1e-9)
@@ -127,13 +142,14 @@ class TableBuild:
 
         return await self.cache.embed_all(self.tables, on_table=count_unencoded)
 
-    def _count_encoded(self, n: int) -> None:
-        """Progress after each encoded chunk; the rate counts from the end of the first."""
-        self.done += n
+    async def _encode_counting(self, texts: Sequence[str]) -> np.ndarray:
+        """The cache's encoder, counting progress: the rate runs from the first chunk's start."""
         if self._encoding_since is None:
             self._encoding_since = time.monotonic()
-        else:
-            self._encoded += n
+        features = await self._encode(texts)
+        self.done += len(texts)
+        self._encoded += len(texts)
+        return features
 
 
 def _duration(seconds: float) -> str:
