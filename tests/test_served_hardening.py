@@ -177,7 +177,7 @@ def test_a_request_head_that_does_not_arrive_in_time_closes_the_connection(url, 
     received, closed_after = raw_exchange(url, steps, wait_s=HEAD_S + 10)
     assert received.count(b"HTTP/1.1 200 ") == answers
     assert closed_after < HEAD_S + MARGIN_S + (0.5 if answers else 0), received
-    assert closed_after >= HEAD_S
+    assert closed_after >= HEAD_S - 0.5  # the server's clock starts when it accepts
 
 
 def test_keep_alive_requests_are_served_within_the_deadline(url):
