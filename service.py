@@ -17,7 +17,7 @@ from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.pipeline import InterrogationPipeline
-from clip_service.limits import check_classify_chars, check_rank_pairs
+from clip_service.limits import check_classify_chars, check_rank_pairs, check_url_items
 from clip_service.middleware import BodyGuard, ErrorShape
 from clip_service.multipart import MultipartForms
 from clip_service.openai_embeddings import (
@@ -125,6 +125,7 @@ class ClipApi:
     @answers_service_errors
     async def encode(self, items: Items, /) -> list[list[float]]:
         """Texts and images to CLIP embeddings (raw model outputs), in input order."""
+        check_url_items(items, "items", settings.max_url_items)
         return (await self.items.encode_items(items, "items")).tolist()
 
     @bentoml.api(route="/v1/embeddings")
@@ -151,6 +152,7 @@ class ClipApi:
     async def rank(self, queries: Items, candidates: Items) -> RankResult:
         """Each query against all candidates: softmax probabilities and cosines."""
         check_rank_pairs(len(queries), len(candidates), settings.max_rank_pairs)
+        check_url_items([*queries, *candidates], "queries, candidates", settings.max_url_items)
         query_vectors = await self.items.encode_items(queries, "queries")
         candidate_vectors = await self.items.encode_items(candidates, "candidates")
         info = await self.items.model_info()

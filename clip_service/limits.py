@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import InvalidInput
+from .schemas import ImageItem
 
 
 def check_rank_pairs(queries: int, candidates: int, limit: int) -> None:
@@ -18,6 +19,18 @@ def check_rank_pairs(queries: int, candidates: int, limit: int) -> None:
             "candidates",
             f"{queries} queries x {candidates} candidates = {queries * candidates} pairs, "
             f"more than the limit of {limit} (MAX_RANK_PAIRS)",
+        )
+
+
+def check_url_items(items: Sequence[ImageItem], field: str, limit: int) -> None:
+    """Each ``img_uri`` is a download of up to ``URL_MAX_BYTES``, all of a request's at once:
+    their number bounds what one request can pull into memory."""
+    urls = sum(item.img_uri is not None for item in items)
+    if urls > limit:
+        raise InvalidInput(
+            field,
+            f"{urls} img_uri items, more than the limit of {limit} (MAX_URL_ITEMS); "
+            "send more images as img_blob",
         )
 
 

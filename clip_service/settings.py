@@ -118,6 +118,8 @@ class Settings(BaseSettings):
     max_rank_pairs: int = Field(65_536, ge=1)
     # /classify: characters of all label texts it encodes (each label in the template).
     max_classify_chars: int = Field(250_000, ge=1)
+    # img_uri items of one request, fetched concurrently, each up to url_max_bytes.
+    max_url_items: int = Field(32, ge=0)
 
     @property
     def interrogation(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -58,6 +59,7 @@ def server(tiny_models, tmp_path_factory) -> Iterator[tuple[str, object]]:
         READINESS_TIMEOUT_S="1",
         MAX_RANK_PAIRS="6",
         MAX_CLASSIFY_CHARS="40",
+        MAX_URL_ITEMS="2",
     ) as url:
         yield url, home
 
@@ -244,6 +246,30 @@ def test_costly_requests_are_refused_naming_the_field(url, path, body, message):
     response = httpx.post(f"{url}{path}", json=body, timeout=30)
     assert response.status_code == 400
     assert response.json() == {"error": message}
+
+
+# Loopback URLs: never fetched (the private-address guard refuses them), so a broken count
+# check cannot reach the network either.
+URL = {"img_uri": "http://127.0.0.1:9/x.png"}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/encode", [URL, {"text": "a"}, URL, URL], "items"),
+        ("/rank", {"queries": [URL, URL], "candidates": [URL]}, "queries, candidates"),
+        ("/v1/embeddings", {"input": [URL["img_uri"]] * 3, "modality": "image"}, "input"),
+    ],
+)
+def test_img_uri_items_per_request_are_bounded(url, path, body, field):
+    response = httpx.post(f"{url}{path}", json=body, timeout=30)
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"{field}: 3 img_uri items, more than the limit of 2 (MAX_URL_ITEMS); "
+        "send more images as img_blob"
+    }
+    within = httpx.post(f"{url}/encode", json=[URL, URL], timeout=30)
+    assert re.match(r"items\[[01]\]\.img_uri: refused: 127\.0\.0\.1", within.json()["error"])
 
 
 def test_requests_within_the_caps_are_served(url):

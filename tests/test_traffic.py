@@ -12,7 +12,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from clip_service.errors import InvalidInput
-from clip_service.limits import check_classify_chars, check_rank_pairs
+from clip_service.limits import check_classify_chars, check_rank_pairs, check_url_items
+from clip_service.schemas import Item
 from clip_service.traffic import Traffic
 from clip_service.upstream import RETRY_AFTER_S
 
@@ -80,6 +81,13 @@ def test_rank_pairs_are_bounded():
     check_rank_pairs(256, 256, 65_536)
     with pytest.raises(InvalidInput, match=r"^candidates: 257 queries x 256 candidates = 65792"):
         check_rank_pairs(257, 256, 65_536)
+
+
+def test_img_uri_items_are_counted_across_the_request():
+    items = [Item(img_uri="https://a.example/x.png"), Item(text="a cat"), Item(img_blob="AA==")]
+    check_url_items(items * 2, "items", 2)
+    with pytest.raises(InvalidInput, match=r"^items: 3 img_uri items, more than the limit of 2"):
+        check_url_items(items * 3, "items", 2)
 
 
 def test_classify_characters_count_each_label_in_the_template():
