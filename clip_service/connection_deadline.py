@@ -73,7 +73,8 @@ class HeaderDeadlineProtocol(H11Protocol):
     def _expire(self) -> None:
         self._deadline = None
         if not self._serving() and not self.transport.is_closing():
-            logger.info("closing a connection: no complete request head in %g s", self.timeout_s)
+            # DEBUG: a slow-client flood would otherwise flood the log as well.
+            logger.debug("closing a connection: no complete request head in %g s", self.timeout_s)
             self.transport.close()
 
 

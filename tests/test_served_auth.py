@@ -140,6 +140,13 @@ def test_demo_page_asks_for_a_key_and_keeps_it(browser, url, tmp_path):  # noqa:
     dialog = browser.find_element(By.ID, "key-dialog")
     wait_for(browser, dialog.is_displayed)  # GET /model answered 401
     assert wait_text(browser, "#key-message", bool) == "This service needs an API key."
+    click(browser, "#key-form button[value=cancel]")  # no key: the call fails readably
+    wait_text(browser, "#model-info", lambda text: text == "This service needs an API key (401).")
+    assert not dialog.is_displayed()
+
+    browser.refresh()
+    dialog = browser.find_element(By.ID, "key-dialog")
+    wait_for(browser, dialog.is_displayed)
     key_input = browser.find_element(By.ID, "key-input")
     key_input.send_keys("not-a-key")
     click(browser, "#key-form button[value=ok]")

@@ -45,6 +45,7 @@ function showKeyDialog(refused) {
     ? "The service refused that API key. Enter another one."
     : "This service needs an API key.";
   form.key.value = "";
+  dialog.returnValue = ""; // Escape closes it without setting one: that is a cancel
   return new Promise((resolve) => {
     const submit = (event) => {
       event.preventDefault(); // the key stays in the page; nothing is submitted anywhere
