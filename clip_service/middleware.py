@@ -15,7 +15,7 @@ from .errors import error_body, normalize_error_body
 from .json_depth import exceeds_depth
 
 Headers = list[tuple[bytes, bytes]]
-# Bodies up to this size are scanned for nesting on the event loop (well under 1 ms).
+# Bodies up to this size are scanned for nesting on the event loop, larger ones in a thread.
 _SCAN_INLINE_BYTES = 1 << 16
 
 
@@ -25,8 +25,8 @@ class BodyGuard:
     * The body must arrive within ``read_timeout_s`` (a client that declares a body and
       stalls or trickles it gets 408 and its connection closed).
     * A JSON body nested deeper than ``max_json_depth`` is refused (400) before anything
-      parses it: Python's parser recurses once per level and a deep body took the server's
-      answer, and its shutdown, with it (:mod:`.json_depth`).
+      parses it: Python's parser recurses once per level, and unguarded a deep body is
+      never answered and keeps the server from stopping (:mod:`.json_depth`).
     * Routes in ``raw_body_routes`` take the body as bytes whatever the client's
       ``Content-Type`` (curl's default form type included): it is set to octet-stream
       (multipart forms are left to :mod:`.multipart`), and an empty body is refused here

@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     # Best and negative modes run one chain step (~2,000 candidate prompts through the text
     # tower) per flavor: cost grows linearly. At least 32, the library's default.
     max_flavors: int = Field(48, ge=32)
-    # /rank answers a queries x candidates matrix twice (1024 x 1024 is 41 MB of JSON).
+    # /rank answers a queries x candidates matrix twice (1024 x 1024 is 43 MB of JSON).
     max_rank_pairs: int = Field(65_536, ge=1)
     # /classify: characters of all label texts it encodes (each label in the template).
     max_classify_chars: int = Field(250_000, ge=1)
