@@ -62,6 +62,8 @@ def test_openai_client_with_the_right_key_works_and_a_wrong_one_is_refused(url):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
         answer = client.embeddings.create(model="clip", input=["a photo of a cat"])
         assert len(answer.data) == 1 and answer.data[0].embedding
+    # (The client itself refuses to run without a key; test_both_header_forms_and_no_key
+    # sends none.)
     wrong = openai.OpenAI(base_url=f"{url}/v1", api_key="key-three", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong.embeddings.create(model="clip", input=["a photo of a cat"])
