@@ -10,13 +10,15 @@ import torch
 from pydantic import Field
 from starlette.middleware.cors import CORSMiddleware
 
-from clip_service import form_routes, logs
+from clip_service import connection_deadline, form_routes, logs
+from clip_service.auth import ApiKeys, warn_if_open
 from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score
 from clip_service.draining import GracefulShutdown
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.pipeline import InterrogationPipeline
+from clip_service.limits import check_classify_chars, check_rank_pairs, check_url_items
 from clip_service.middleware import BodyGuard, ErrorShape
 from clip_service.multipart import MultipartForms
 from clip_service.openai_embeddings import (
@@ -47,12 +49,15 @@ from clip_service.schemas import (
 )
 from clip_service.service_errors import NotServed, answers_service_errors
 from clip_service.settings import get_settings
+from clip_service.traffic import Traffic
 from clip_service.upstream import Guarded, RetryAfter, dependencies_ready
 from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
 
 settings = get_settings()
 logs.configure()
+warn_if_open(bool(settings.api_key_list))
+connection_deadline.install(settings.header_read_timeout_s)
 
 # Routes whose body is the raw image, whatever Content-Type the client declares.
 RAW_BODY_ROUTES = ("/vectorize", "/extract_text")
@@ -67,7 +72,7 @@ FORM_ROUTES = {
     "/vectorize": "raw",
     "/extract_text": "raw",
 }
-MAX_FLAVORS = 128
+MAX_FLAVORS = settings.max_flavors
 MAX_LABELS = 1000
 LabelSetName = Literal[tuple(LABEL_SETS)]
 
@@ -75,7 +80,9 @@ LabelSetName = Literal[tuple(LABEL_SETS)]
 @bentoml.asgi_app(form_routes.app)
 @bentoml.service(
     name="ClipApi",
-    traffic={"timeout": settings.request_timeout_s},
+    # BentoML's own timeout only backs up Traffic's (clip_service/traffic.py), which answers
+    # 504 in the project's shape first.
+    traffic={"timeout": settings.request_timeout_s + 5},
 )
 class ClipApi:
     # Each model service runs beside this one unless its URL is set (split deployment);
@@ -123,6 +130,7 @@ class ClipApi:
     @answers_service_errors
     async def encode(self, items: Items, /) -> list[list[float]]:
         """Texts and images to CLIP embeddings (raw model outputs), in input order."""
+        check_url_items(items, "items", settings.max_url_items)
         return (await self.items.encode_items(items, "items")).tolist()
 
     @bentoml.api(route="/v1/embeddings")
@@ -148,6 +156,8 @@ class ClipApi:
     @answers_service_errors
     async def rank(self, queries: Items, candidates: Items) -> RankResult:
         """Each query against all candidates: softmax probabilities and cosines."""
+        check_rank_pairs(len(queries), len(candidates), settings.max_rank_pairs)
+        check_url_items([*queries, *candidates], "queries, candidates", settings.max_url_items)
         query_vectors = await self.items.encode_items(queries, "queries")
         candidate_vectors = await self.items.encode_items(candidates, "candidates")
         info = await self.items.model_info()
@@ -235,6 +245,8 @@ class ClipApi:
             raise InvalidInput("labels", "give either labels or label_set")
         if template.count("{}") != 1:
             raise InvalidInput("template", "must contain {} exactly once")
+        if labels is not None:
+            check_classify_chars(labels, template, settings.max_classify_chars)
         vector = await self.items.encode_image(await self.items.load_image(image, "image"))
         scores = await self.classifier.classify(vector, labels, label_set, template, top_k)
         return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
@@ -272,10 +284,20 @@ if settings.cors_origins:
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST"],
         allow_headers=["*"],
-        expose_headers=list(REQUEST_ID_HEADERS),
+        expose_headers=[*REQUEST_ID_HEADERS, "retry-after", "www-authenticate"],
+    )
+if settings.api_key_list:
+    ClipApi.add_asgi_middleware(
+        ApiKeys,
+        keys=settings.api_key_list,
+        public_metrics=settings.public_metrics,
+        public_docs=settings.public_docs,
     )
 ClipApi.add_asgi_middleware(GracefulShutdown, role="entry")
 ClipApi.add_asgi_middleware(RequestIds)
+ClipApi.add_asgi_middleware(
+    Traffic, timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency
+)
 ClipApi.add_asgi_middleware(RetryAfter)
 ClipApi.add_asgi_middleware(ErrorShape)
 ClipApi.add_asgi_middleware(
@@ -283,5 +305,7 @@ ClipApi.add_asgi_middleware(
     max_bytes=settings.max_body_bytes,
     raw_body_routes=RAW_BODY_ROUTES,
     file_fields={"/tag": "file", "/wearable": "file"},
+    read_timeout_s=settings.body_read_timeout_s,
+    max_json_depth=settings.max_json_depth,
 )
 ClipApi.add_asgi_middleware(MultipartForms, routes=FORM_ROUTES)

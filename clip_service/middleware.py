@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Mapping
 
+import anyio.to_thread
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body, normalize_error_body
+from .json_depth import exceeds_depth
 
 Headers = list[tuple[bytes, bytes]]
+# Bodies up to this size are scanned for nesting on the event loop, larger ones in a thread.
+_SCAN_INLINE_BYTES = 1 << 16
 
 
 class BodyGuard:
     """Read the body once, enforcing ``max_bytes`` (413), and make body errors 4xx.
 
+    * The body must arrive within ``read_timeout_s`` (a client that declares a body and
+      stalls or trickles it gets 408 and its connection closed).
+    * A JSON body nested deeper than ``max_json_depth`` is refused (400) before anything
+      parses it: Python's parser recurses once per level, and unguarded a deep body is
+      never answered and keeps the server from stopping (:mod:`.json_depth`).
     * Routes in ``raw_body_routes`` take the body as bytes whatever the client's
       ``Content-Type`` (curl's default form type included): it is set to octet-stream
       (multipart forms are left to :mod:`.multipart`), and an empty body is refused here
@@ -32,8 +42,11 @@ class BodyGuard:
         max_bytes: int,
         raw_body_routes: Iterable[str],
         file_fields: Mapping[str, str],
+        read_timeout_s: float,
+        max_json_depth: int,
     ) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.read_timeout_s, self.max_json_depth = read_timeout_s, max_json_depth
         self.raw_body_routes = frozenset(raw_body_routes)
         self.file_fields = dict(file_fields)
 
@@ -41,9 +54,19 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        body = await self._read_body(scope, receive)
+        try:
+            async with asyncio.timeout(self.read_timeout_s):
+                body = await self._read_body(scope, receive)
+        except TimeoutError:
+            message = f"body: not received within {self.read_timeout_s:g} s"
+            await send_json(send, 408, error_body(message), [(b"connection", b"close")])
+            return
         if body is None:
             await send_json(send, 413, error_body(f"body: larger than {self.max_bytes} bytes"))
+            return
+        if await self._too_deep(scope, body):
+            message = f"body: JSON nested deeper than {self.max_json_depth} levels"
+            await send_json(send, 400, error_body(message))
             return
         if scope["path"] in self.raw_body_routes:
             if not body:
@@ -90,6 +113,17 @@ class BodyGuard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+    async def _too_deep(self, scope: Scope, body: bytes) -> bool:
+        """Whether a body that will be parsed as JSON nests too deeply (large bodies are
+        scanned off the event loop)."""
+        if scope["path"] in self.raw_body_routes or content_type(scope).startswith(
+            b"multipart/form-data"
+        ):
+            return False
+        if len(body) <= _SCAN_INLINE_BYTES:
+            return exceeds_depth(body, self.max_json_depth)
+        return await anyio.to_thread.run_sync(exceeds_depth, body, self.max_json_depth)
 
     async def _client_error(self, scope: Scope, body: bytes) -> str | None:
         """What the client got wrong, if that is why the app failed."""

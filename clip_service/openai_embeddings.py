@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 
 from .encoding import ItemEncoder
 from .errors import InvalidInput
+from .limits import check_url_items
 from .ranking import l2_normalize
 from .schemas import Item
 from .settings import get_settings
@@ -144,6 +145,7 @@ class OpenAIEmbeddings:
                 f"send {info.embedding_size} or omit it",
             )
         items = [to_item(value, modality, f"input[{i}]") for i, value in enumerate(strings)]
+        check_url_items(items, "input", _settings.max_url_items)
         texts = [item.text for item in items if item.text is not None]
         vectors, counts = await asyncio.gather(
             self.items.encode_items(items, "input"), self._count_tokens(texts)

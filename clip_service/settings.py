@@ -6,15 +6,20 @@ public deployment on a small CPU machine.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .precision import PrecisionSetting, RuntimeSetting
 from .url_fetch import UrlPolicy
+
+# An API key: what an Authorization or X-API-Key header can carry, less the comma that
+# separates keys in API_KEYS.
+_KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]+$")
 
 
 class Settings(BaseSettings):
@@ -89,6 +94,33 @@ class Settings(BaseSettings):
     # Browser clients: comma-separated origins allowed by CORS ("*" for any; empty: off).
     cors_allow_origins: str = ""
 
+    # Access and abuse (README, "API keys" and "Limits").
+    # API keys, comma-separated, and/or a file of them (one a line, # comments); none: open.
+    api_keys: str = ""
+    api_keys_file: Path | None = None
+    # With keys set, /metrics and the API docs need a key too, unless opened here.
+    public_metrics: bool = False
+    public_docs: bool = False
+    # Requests in flight per entry worker; more are answered 429 at once (0: no limit).
+    max_concurrency: int = Field(0, ge=0)
+    # A request body must arrive within this (408 and the connection closed past it), and
+    # a request's line and headers within header_read_timeout_s of the connection opening
+    # or of the previous answer (the connection is closed past it).
+    body_read_timeout_s: float = Field(30.0, gt=0)
+    header_read_timeout_s: float = Field(10.0, gt=0)
+    # The deepest body of this API nests 3 levels; Python's parser recurses once per level
+    # and gives up near 1,000, so deeper bodies are refused before anything parses them.
+    max_json_depth: int = Field(32, ge=3)
+    # Best and negative modes run one chain step (~2,000 candidate prompts through the text
+    # tower) per flavor: cost grows linearly. At least 32, the library's default.
+    max_flavors: int = Field(48, ge=32)
+    # /rank answers a queries x candidates matrix twice (1024 x 1024 is 43 MB of JSON).
+    max_rank_pairs: int = Field(65_536, ge=1)
+    # /classify: characters of all label texts it encodes (each label in the template).
+    max_classify_chars: int = Field(250_000, ge=1)
+    # img_uri items of one request, fetched concurrently, each up to url_max_bytes.
+    max_url_items: int = Field(32, ge=0)
+
     @property
     def interrogation(self) -> bool:
         """Whether the BLIP captioner and the label tables are served."""
@@ -102,6 +134,32 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [origin.strip() for origin in self.cors_allow_origins.split(",") if origin.strip()]
+
+    @model_validator(mode="after")
+    def _keys_readable(self) -> Settings:
+        """A key file that cannot be read, or holds no key, stops the start: running open
+        by mistake is worse than not running."""
+        self.api_key_list  # noqa: B018 (read for its errors)
+        return self
+
+    @property
+    def api_key_list(self) -> tuple[str, ...]:
+        """Every key of ``API_KEYS`` and ``API_KEYS_FILE`` (the file is read again each time)."""
+        keys = [key.strip() for key in self.api_keys.split(",") if key.strip()]
+        if self.api_keys_file is not None:
+            try:
+                lines = self.api_keys_file.read_text().splitlines()
+            except OSError as exc:
+                raise ValueError(f"api_keys_file: cannot read it ({exc})") from None
+            from_file = [line.strip() for line in lines]
+            from_file = [key for key in from_file if key and not key.startswith("#")]
+            if not from_file:
+                raise ValueError(f"api_keys_file: no key in {self.api_keys_file}")
+            keys += from_file
+        for key in keys:
+            if not _KEY.match(key):
+                raise ValueError("api keys: a key must be visible ASCII, no spaces or commas")
+        return tuple(keys)
 
 
 @cache

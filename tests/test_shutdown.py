@@ -47,6 +47,7 @@ def test_sigterm_drains_requests_in_flight(tiny_models, tmp_path):
         tmp_path,
         CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
         CAPTION_MODEL=str(tiny_models["blip"]),
+        MAX_RANK_PAIRS=str(TEXTS * TEXTS),  # a slow request on purpose, above the default cap
     )
     with log.open("wb") as out:
         process = subprocess.Popen(

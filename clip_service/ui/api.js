@@ -15,6 +15,10 @@
  * overloaded service (503), a timeout (504) or a network failure.
  *
  * Calling a service on another origin needs CORS enabled there (`CORS_ALLOW_ORIGINS`).
+ *
+ * A service with API keys (`API_KEYS`) answers 401 without one: give the key as
+ * `new ClipClient(url, { apiKey })`, and/or an `askForKey` function that the client calls
+ * on a 401 to get one (e.g. from the user) before it sends the request again.
  */
 
 /** A failed call; `status` is the HTTP status, or 0 when the service was not reached. */
@@ -27,9 +31,18 @@ export class ApiError extends Error {
 }
 
 export class ClipClient {
-  /** @param {string | URL} baseUrl the service's root, e.g. "http://localhost:3000/" */
-  constructor(baseUrl) {
+  /**
+   * @param {string | URL} baseUrl the service's root, e.g. "http://localhost:3000/"
+   * @param {object} [options]
+   * @param {string | null} [options.apiKey] sent as `Authorization: Bearer <key>` on every call
+   * @param {(refused: boolean) => Promise<string | null>} [options.askForKey] called when the
+   *   service answers 401 (`refused`: a key was sent and refused); resolves to the key to
+   *   retry with, or null to give up (the call then fails with the 401)
+   */
+  constructor(baseUrl, { apiKey = null, askForKey = null } = {}) {
     this.baseUrl = new URL(baseUrl);
+    this.apiKey = apiKey;
+    this.askForKey = askForKey;
   }
 
   /** GET /model: the served model, its backend, device, embedding size and batching. */
@@ -72,24 +85,44 @@ export class ClipClient {
     return this.#call("POST", "rank", { queries, candidates });
   }
 
-  /** One request; resolves to the parsed JSON answer or rejects with an ApiError. */
+  /**
+   * One request; resolves to the parsed JSON answer or rejects with an ApiError. A 401 asks
+   * `askForKey` for a key and sends the request again with it, until the service accepts
+   * it or no key is given.
+   */
   async #call(method, route, body) {
     const url = new URL(route, this.baseUrl);
+    for (;;) {
+      const sentKey = this.apiKey;
+      const response = await this.#send(url, method, body, sentKey);
+      if (response.status === 401 && this.askForKey) {
+        // Another call may have got a new key meanwhile: try that one before asking.
+        if (this.apiKey !== sentKey) continue;
+        const key = await this.askForKey(Boolean(sentKey));
+        if (key) {
+          this.apiKey = key;
+          continue;
+        }
+      }
+      const answer = await readAnswer(response);
+      if (response.ok) return answer;
+      throw new ApiError(describeFailure(response, answer), response.status);
+    }
+  }
+
+  async #send(url, method, body, key) {
     const init = { method, headers: { accept: "application/json" } };
+    if (key) init.headers.authorization = `Bearer ${key}`;
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    let response;
     try {
-      response = await fetch(url, init);
+      return await fetch(url, init);
     } catch (cause) {
       // fetch rejects only when no answer came at all: offline, refused, DNS, CORS.
       throw new ApiError(`Could not reach the service at ${url.origin} (${cause.message}).`, 0);
     }
-    const answer = await readAnswer(response);
-    if (response.ok) return answer;
-    throw new ApiError(describeFailure(response, answer), response.status);
   }
 }
 
@@ -125,6 +158,7 @@ function describeFailure(response, answer) {
   if (status === 504) {
     return "The service took too long to answer (504). Try a faster mode or a smaller image.";
   }
+  if (status === 401) return "This service needs an API key (401).";
   if (answer && typeof answer.error === "string") return answer.error; // {"error": "field: problem"}
   if (status === 429) return "Too many requests at once (429). Try again in a moment.";
   return `The service answered ${status} ${response.statusText}`.trim() + ".";

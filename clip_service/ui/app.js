@@ -2,15 +2,24 @@
  * The demo page: wires the forms of index.html to the API client in api.js.
  *
  * One image is chosen (file picker or drag and drop); each form sends it to one route and
- * draws the answer. Failures are shown in the form's own alert line.
+ * draws the answer. Failures are shown in the form's own alert line. When the service has
+ * API keys, its first 401 opens a dialog that asks for one; the key is kept for this
+ * browser tab's session (sessionStorage) and sent with every call.
  */
 import { ClipClient, imageItemFromFile } from "./api.js";
 
+const KEY_STORAGE = "clip-service-api-key";
+const $ = (selector) => document.querySelector(selector);
+
 // The page lives at <service>/ui/, so the service's root is one level up; this keeps
 // working behind a proxy that serves the whole service under a path prefix.
-const api = new ClipClient(new URL("../", document.baseURI));
+const api = new ClipClient(new URL("../", document.baseURI), {
+  apiKey: sessionStorage.getItem(KEY_STORAGE),
+  askForKey,
+});
 
-const $ = (selector) => document.querySelector(selector);
+/** The open key dialog's answer, shared by every call that got a 401 meanwhile. */
+let keyAnswer = null;
 
 /** The chosen image as an API item, `{img_blob}`; null until one is chosen. */
 let image = null;
@@ -22,6 +31,40 @@ $("#classify-form").addEventListener("submit", (event) => onSubmit(event, classi
 $("#classify-form").addEventListener("change", enableLabelInputs);
 enableLabelInputs();
 $("#rank-form").addEventListener("submit", (event) => onSubmit(event, rankTexts));
+
+/** Ask for an API key (one dialog at a time); resolves to the key, or null if cancelled. */
+function askForKey(refused) {
+  keyAnswer ??= showKeyDialog(refused).finally(() => (keyAnswer = null));
+  return keyAnswer;
+}
+
+function showKeyDialog(refused) {
+  const dialog = $("#key-dialog");
+  const form = $("#key-form");
+  $("#key-message").textContent = refused
+    ? "The service refused that API key. Enter another one."
+    : "This service needs an API key.";
+  form.key.value = "";
+  dialog.returnValue = ""; // Escape closes it without setting one: that is a cancel
+  return new Promise((resolve) => {
+    const submit = (event) => {
+      event.preventDefault(); // the key stays in the page; nothing is submitted anywhere
+      dialog.close(event.submitter?.value === "cancel" ? "" : "ok");
+    };
+    form.addEventListener("submit", submit);
+    dialog.addEventListener(
+      "close",
+      () => {
+        form.removeEventListener("submit", submit);
+        const key = dialog.returnValue === "ok" ? form.key.value.trim() : "";
+        if (key) sessionStorage.setItem(KEY_STORAGE, key);
+        resolve(key || null);
+      },
+      { once: true },
+    );
+    dialog.showModal();
+  });
+}
 
 async function showModel() {
   try {
