@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import shlex
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from clip_service.clip_model import ClipModel, load_configured_clip_model
 from clip_service.interrogation import LabelCache, LabelTables, read_label_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +164,24 @@ def _wait_ready(
     raise RuntimeError(f"{name} not ready after {timeout_s:.0f} s; log: {log}")
 
 
+def loadgen_command(url: str, body: Path, content_type: str, *options: str) -> list[str]:
+    """``benchmarks/loadgen.py`` sending ``body`` to ``url``; ``options`` are its flags."""
+    loadgen = REPO / "benchmarks" / "loadgen.py"
+    return [sys.executable, str(loadgen), url, str(body), "--content-type", content_type, *options]
+
+
+def run_loadgen(url: str, body: Path, content_type: str, *options: str) -> dict[str, Any]:
+    """Run the load generator in its own process (never this one's event loop); its report."""
+    command = loadgen_command(url, body, content_type, *options)
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return loadgen_report(out.stdout)
+
+
+def loadgen_report(stdout: str) -> dict[str, Any]:
+    """The JSON object the load generator prints last."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
 def bentoml_command(port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)]
 
@@ -197,20 +217,33 @@ def tables_built_in_log(log: Path) -> bool:
     )
 
 
+def wait_for_tables(url: str, timeout_s: float) -> dict[str, Any]:
+    """Poll ``GET /model`` until the server's label tables are ready; their status.
+
+    Interrogation is refused (503) while they are loading or building, unless they are due
+    within the request's budget, so a benchmark waits for them before timing it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tables = httpx.get(f"{url}/model", timeout=30).json()["interrogation"]["label_tables"]
+        if tables["state"] == "ready":
+            return tables
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"label tables not ready after {timeout_s:.0f} s: {tables}")
+        time.sleep(0.5)
+
+
 def model_answer(url: str) -> str:
     """The server's ``GET /model`` answer, as compact JSON, for the results header."""
     response = httpx.get(f"{url}/model", timeout=30)
     return response.text.strip() if response.status_code == 200 else f"HTTP {response.status_code}"
 
 
-def production_encoder(settings: Mapping[str, str]) -> Any:
-    """The model object ``bentoml serve`` builds (``ClipEncoder.__init__`` with the same
-    settings), in this process: the in-process ceiling runs exactly the served model code,
-    whatever runtime or precision settings the server has."""
+def production_encoder(settings: Mapping[str, str]) -> ClipModel:
+    """The CLIP model ``bentoml serve``'s ``ClipEncoder`` loads with the same settings
+    (``load_configured_clip_model``), in this process: the in-process ceiling runs exactly
+    the served model code, whatever runtime or precision settings the server has."""
     os.environ.update(settings)
     from clip_service.settings import get_settings
 
     get_settings.cache_clear()
-    from runners.clip_encoder import ClipEncoder
-
-    return ClipEncoder.inner()
+    return load_configured_clip_model(get_settings())

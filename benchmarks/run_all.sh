@@ -60,6 +60,7 @@ total_start=$SECONDS
 step serving_throughput "$PYTHON" benchmarks/serving_throughput.py --models "$MODELS" \
     --infinity-venv "$INFINITY_VENV" --out "$RESULTS/serving_throughput.md" \
     "${throughput_args[@]}" "${server_env[@]}"
+step serving_core "$PYTHON" benchmarks/serving_core.py --models "$MODELS" --out "$RESULTS/serving_core.md" "${server_env[@]}"
 step label_tables "$PYTHON" benchmarks/label_tables.py --models "$MODELS" \
     --out "$RESULTS/label_tables.md" "${label_args[@]}" "${server_env[@]}"
 step interrogation_modes "$PYTHON" benchmarks/interrogation_modes.py --models "$MODELS" \

@@ -49,12 +49,14 @@ from benchmarks.common import (
     model_answer,
     parse_env,
     production_encoder,
+    run_loadgen,
     seed_label_cache,
     server_process,
     tables_built_in_log,
     versions,
     write_results,
 )
+from clip_service.clip_model import ClipModel
 from clip_service.images import decode_image
 from clip_service.preprocess import build_preprocessor
 from tests.conftest import free_port
@@ -149,10 +151,10 @@ def rate(step: Callable[[], int], seconds: float) -> float:
 
 
 def ceiling(
-    settings: dict[str, str], jpeg: bytes, batch_sizes: list[int], seconds: float
+    encoder: ClipModel, jpeg: bytes, batch_sizes: list[int], seconds: float
 ) -> tuple[list[Row], dict[str, float]]:
-    """In-process batched loops on the production model object; the best figures."""
-    encoder = production_encoder(settings)
+    """In-process batched loops on the production model object (``production_encoder``);
+    the best figures, by workload: ``image`` (model only), ``image+decode``, ``text``."""
     preprocess = build_preprocessor(encoder.info().preprocess)
     pixels = preprocess(decode_image(jpeg, "body", max_pixels=10**8))
     rows, best = [], {}
@@ -241,20 +243,8 @@ def check_answer(system: str, url: str, w: Workload, dim: int) -> None:
 
 
 def loadgen(url: str, w: Workload, concurrency: int, duration: float) -> dict:
-    command = [
-        sys.executable,
-        str(HERE / "loadgen.py"),
-        url,
-        str(w.body),
-        "--content-type",
-        w.content_type,
-        "--concurrency",
-        str(concurrency),
-        "--duration",
-        str(duration),
-    ]
-    out = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    options = ("--concurrency", str(concurrency), "--duration", str(duration))
+    return run_loadgen(url, w.body, w.content_type, *options)
 
 
 def infinity_versions(venv: Path) -> str:
@@ -327,7 +317,9 @@ def main() -> None:
     if "ceiling" in systems:
         start = time.perf_counter()
         sizes = [int(b) for b in args.batch_sizes.split(",")]
-        ceiling_rows, best = ceiling(settings, jpeg, sizes, args.ceiling_seconds)
+        encoder = production_encoder(settings)
+        ceiling_rows, best = ceiling(encoder, jpeg, sizes, args.ceiling_seconds)
+        del encoder
         rows += ceiling_rows
         gc.collect()  # the model goes before the servers start
         timings["ceiling"] = time.perf_counter() - start
