@@ -13,7 +13,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from tests.conftest import REPO, free_port, image_bytes, make_image, serve_env, served
-from tests.test_ui_browser import browser, click, wait_for, wait_rows, wait_text  # noqa: F401
+from tests.test_ui_browser import click, wait_for, wait_rows, wait_text
 
 pytestmark = pytest.mark.served
 
@@ -137,7 +137,7 @@ def test_cors_preflight_needs_no_key_and_401s_carry_cors(url):
     assert "www-authenticate" in refused.headers["access-control-expose-headers"]
 
 
-def test_demo_page_asks_for_a_key_and_keeps_it(browser, url, tmp_path):  # noqa: F811
+def test_demo_page_asks_for_a_key_and_keeps_it(browser, url, tmp_path):
     browser.get(f"{url}/ui/")
     dialog = browser.find_element(By.ID, "key-dialog")
     wait_for(browser, dialog.is_displayed)  # GET /model answered 401

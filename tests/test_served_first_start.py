@@ -16,8 +16,10 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from selenium.webdriver.common.by import By
 
 from tests.conftest import b64, image_bytes, make_image, served
+from tests.test_ui_browser import wait_text
 
 pytestmark = pytest.mark.served
 
@@ -131,3 +133,11 @@ def _server_processes(home) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+def test_demo_page_hides_interrogation_on_a_clip_only_server(clip_only, browser):
+    url, _ = clip_only
+    browser.get(f"{url}/ui")
+    wait_text(browser, "#model-info", lambda text: text.endswith("CLIP only"))
+    assert not browser.find_element(By.ID, "describe-section").is_displayed()
+    assert browser.find_element(By.ID, "classify-form").is_displayed()

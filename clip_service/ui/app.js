@@ -69,9 +69,13 @@ function showKeyDialog(refused) {
 async function showModel() {
   try {
     const info = await api.model();
+    const interrogation = info.interrogation;
     $("#model-info").textContent =
       `Model ${info.spec} (${info.backend}, ${info.embedding_size}-d, ` +
-      `${info.device} ${info.dtype})`;
+      `${info.device} ${info.dtype})` +
+      (interrogation ? `, captions by ${interrogation.caption_model}` : ", CLIP only");
+    // A CLIP-only server (CAPTION_MODEL=none) has no captions or prompts: hide that part.
+    $("#describe-section").hidden = !interrogation;
   } catch (error) {
     $("#model-info").textContent = error.message;
   }
