@@ -11,7 +11,7 @@ from pydantic import Field
 from starlette.middleware.cors import CORSMiddleware
 
 from clip_service import form_routes, logs
-from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score
+from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score, parse_template
 from clip_service.draining import GracefulShutdown
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
@@ -203,10 +203,9 @@ class ClipApi:
         ``label_set``; the top-k of each group with probability and cosine."""
         if (labels is None) == (label_set is None):
             raise InvalidInput("labels", "give either labels or label_set")
-        if template.count("{}") != 1:
-            raise InvalidInput("template", "must contain {} exactly once")
+        parsed = parse_template(template)
         vector = await self.items.encode_image(await self.items.load_image(image, "image"))
-        scores = await self.classifier.classify(vector, labels, label_set, template, top_k)
+        scores = await self.classifier.classify(vector, labels, label_set, parsed, top_k)
         return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
 
     @bentoml.api(route="/tag")
