@@ -65,6 +65,9 @@ FORM_ROUTES = {
     "/classify": "image",
     "/vectorize": "raw",
     "/extract_text": "raw",
+    "/tag": "file",
+    "/wearable": "file",
+    "/v1/embeddings": "json",
 }
 MAX_FLAVORS = 128
 MAX_LABELS = 1000
