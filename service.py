@@ -11,6 +11,7 @@ from pydantic import Field
 from starlette.middleware.cors import CORSMiddleware
 
 from clip_service import form_routes, logs
+from clip_service.bentoml_fixes import cancel_timeout_timers
 from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score, parse_template
 from clip_service.draining import GracefulShutdown
 from clip_service.encoding import ItemEncoder
@@ -52,6 +53,7 @@ from runners.clip_encoder import ClipEncoder
 
 settings = get_settings()
 logs.configure()
+cancel_timeout_timers()  # in every service process: all import this module
 
 # Routes whose body is the raw image, whatever Content-Type the client declares.
 RAW_BODY_ROUTES = ("/vectorize", "/extract_text")
