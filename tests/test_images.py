@@ -184,18 +184,19 @@ def test_aspect_ratio_at_the_limit_is_accepted():
     assert image.size == (MAX_ASPECT_RATIO, 1)
 
 
-def _ico_around(png: bytes) -> bytes:
-    """An ICO whose directory says 16x16, holding ``png`` (of any size) as its frame."""
-    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22)
-    return struct.pack("<HHH", 0, 1, 1) + entry + png
+def _icns_around(png: bytes) -> bytes:
+    """An ICNS with one 16x16 entry ("icp4") that holds ``png``, of any size."""
+    entry = b"icp4" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry
 
 
 def test_frame_over_the_limit_inside_a_container_is_refused_before_decoding():
-    """ICO (ICNS, IPTC) frames are opened only at load: Pillow's own check, set to the same
-    limit, refuses them before their pixels are allocated."""
-    ico = _ico_around(_black_png(4000, 4000))  # 16 Mpx: 64 MB once decoded
+    """An ICNS says 16x16 and opens its PNG frame only at load, with Image.open: Pillow's
+    own check (its process-wide limit, set to ours) refuses it before the pixels exist.
+    Without it, the 16 Mpx frame was decoded (64 MB) before anything noticed."""
+    icns = _icns_around(_black_png(4000, 4000))
     with peak_growth() as growth, pytest.raises(PayloadTooLarge, match="16000000 pixels"):
-        decode_image(ico, "f", max_pixels=4_000_000)
+        decode_image(icns, "f", max_pixels=4_000_000)
     assert growth["bytes"] < 32 * 2**20
 
 
