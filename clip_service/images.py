@@ -40,7 +40,8 @@ def decode_base64(blob: str, field: str) -> bytes:
 
 # Longer side / shorter side. The models' preprocessing scales the shorter side up to the
 # input size before cropping, so its cost grows with this ratio, not with the pixel count
-# (a 300000x1 PNG of 957 bytes became a 67 Mpx intermediate): refused from the header.
+# (a 957-byte PNG of 300000x1 pixels asks for a 67200000x224 intermediate at 224 px):
+# refused from the header.
 MAX_ASPECT_RATIO = 100
 # PNG text chunks (zTXt, iTXt: metadata nobody here reads) decompress into memory: Pillow
 # allows 64 MiB of them per image, so an 8x8 PNG of 74 KB could cost 64 MiB; 8 MiB still
@@ -54,7 +55,7 @@ REFUSED_FORMATS = frozenset({"EPS"})
 # cut short; ImageFile converts them to SyntaxError only inside ``_open``), KeyError
 # (unknown modes and compressions), TypeError (CUR without cursors),
 # NotImplementedError (DDS pixel formats, BLP's BLPFormatError), RuntimeError (the AVIF
-# and TIFF decoders, PNG's text limits) and ArithmeticError (EMF frames of zero size).
+# and TIFF decoders; RecursionError) and ArithmeticError (EMF frames of zero size).
 _DECODE_ERRORS = (
     OSError,
     SyntaxError,

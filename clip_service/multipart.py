@@ -114,6 +114,8 @@ def _check_json(body: bytes) -> None:
         json.loads(body)
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError for non-UTF bytes
         raise InvalidInput("body", f"invalid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInput("body", "invalid JSON (nested too deeply)") from None
 
 
 async def read_form(request: Request, **limits: int) -> FormData:
