@@ -373,6 +373,23 @@ def bad_requests() -> list[Request]:
             status=400,
             names=r"(items|body)\[0\]\.img_blob",
         ),
+        # BentoML reads a body of any type but forms as JSON; these were 500s.
+        Request(
+            "not-json-as-text/plain@/encode",
+            "/encode",
+            b"\x89PNG not json",
+            "text/plain",
+            status=400,
+            names="body",
+        ),
+        Request(
+            "nested-too-deeply-as-text/plain@/rank",
+            "/rank",
+            b"[" * 100_000,
+            "text/plain",
+            status=400,
+            names="body",
+        ),
         Request(
             "private-url@/encode",
             "/encode",

@@ -20,6 +20,7 @@ and the largest peak growth per pixel seen for decoded images of 100,000 pixels 
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from benchmarks import image_memory
 from benchmarks.decode_worker import DecodeWorker
@@ -176,6 +178,16 @@ def check(result: dict) -> None:
     pixels = max(result["declared_pixels"], decoded, 1)
     bound = BYTES_PER_PIXEL * pixels + SLACK_BYTES
     assert result["peak_growth_bytes"] <= bound, (pixels, result)
+
+
+def test_every_format_pillow_opens_has_a_seed():
+    """Plugins are enumerated at run time: a Pillow with another plugin fails here."""
+    Image.init()
+    opened = set()
+    for data in SEEDS.values():
+        with Image.open(io.BytesIO(data)) as image:
+            opened.add(image.format.upper())
+    assert set(Image.OPEN) <= opened, set(Image.OPEN) - opened
 
 
 @pytest.mark.parametrize("key", list(SEEDS), ids=lambda key: "-".join(key))
