@@ -12,7 +12,8 @@ from starlette.middleware.cors import CORSMiddleware
 
 from clip_service import connection_deadline, form_routes, logs
 from clip_service.auth import ApiKeys, warn_if_open
-from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score
+from clip_service.bentoml_fixes import cancel_timeout_timers
+from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score, parse_template
 from clip_service.draining import GracefulShutdown
 from clip_service.encoding import ItemEncoder
 from clip_service.errors import InvalidInput
@@ -58,6 +59,7 @@ settings = get_settings()
 logs.configure()
 warn_if_open(bool(settings.api_key_list))
 connection_deadline.install(settings.header_read_timeout_s)
+cancel_timeout_timers()  # in every service process: all import this module
 
 # Routes whose body is the raw image, whatever Content-Type the client declares.
 RAW_BODY_ROUTES = ("/vectorize", "/extract_text")
@@ -71,6 +73,9 @@ FORM_ROUTES = {
     "/classify": "image",
     "/vectorize": "raw",
     "/extract_text": "raw",
+    "/tag": "file",
+    "/wearable": "file",
+    "/v1/embeddings": "json",
 }
 MAX_FLAVORS = settings.max_flavors
 MAX_LABELS = 1000
@@ -243,12 +248,11 @@ class ClipApi:
         ``label_set``; the top-k of each group with probability and cosine."""
         if (labels is None) == (label_set is None):
             raise InvalidInput("labels", "give either labels or label_set")
-        if template.count("{}") != 1:
-            raise InvalidInput("template", "must contain {} exactly once")
+        parsed = parse_template(template)
         if labels is not None:
             check_classify_chars(labels, template, settings.max_classify_chars)
         vector = await self.items.encode_image(await self.items.load_image(image, "image"))
-        scores = await self.classifier.classify(vector, labels, label_set, template, top_k)
+        scores = await self.classifier.classify(vector, labels, label_set, parsed, top_k)
         return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
 
     @bentoml.api(route="/tag")

@@ -25,6 +25,10 @@ class PayloadTooLarge(InvalidInput):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class UnsupportedMediaType(InvalidInput):
+    error_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
 def error_body(message: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, **extra}
 

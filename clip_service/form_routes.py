@@ -16,6 +16,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .errors import InvalidInput, error_body
+from .multipart import EMPTY_NAME, read_form
 from .request_ids import echo_headers, request_id
 from .schemas import BatchSettings
 from .settings import get_settings
@@ -73,15 +74,14 @@ async def _embed_form(request: Request) -> dict:
     settings = get_settings()
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidInput("body", "expected a multipart/form-data form")
-    try:
-        form = await request.form(max_files=settings.max_items, max_fields=settings.max_items)
-    except Exception as exc:  # starlette raises several types for malformed forms
-        raise InvalidInput("body", f"unreadable multipart form ({exc})") from None
+    form = await read_form(request, max_files=settings.max_items, max_fields=settings.max_items)
     fields = list(form.multi_items())
     if not fields:
         raise InvalidInput("body", "the form has no fields")
     texts, images = {}, {}
     for name, value in fields:
+        if not name:
+            raise InvalidInput("body", EMPTY_NAME)
         if name in RESERVED_FIELDS or name in texts or name in images:
             raise InvalidInput(name, "field name is reserved or repeated")
         if isinstance(value, UploadFile):

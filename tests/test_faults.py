@@ -76,10 +76,14 @@ async def kill_under_load(url: str, service: str, path: str, body: object) -> di
 
 
 def check(outcome: dict, service: str) -> None:
+    statuses = [status for status, _, _ in outcome["results"]]
     for status, retry_after, body in outcome["results"]:
         assert status in (200, 503), (status, body)
         if status == 503:
             assert retry_after and "unavailable" in body["error"], (retry_after, body)
+    # A 503 is allowed for a request the kill caught, but the requests must be served:
+    # a dropped call is sent again and waits for the new worker (measured: all 16 200s).
+    assert statuses.count(200) >= CLIENTS // 2, statuses
     old, new = outcome["pids"]
     assert new.pid != old.pid
     print(

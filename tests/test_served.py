@@ -263,7 +263,12 @@ def test_multipart_forms_equal_their_json_forms(open_clip_url):
 @pytest.mark.parametrize(
     ("route", "files", "message"),
     [
-        ("/vectorize", {"a": (None, "text")}, r"^body: send exactly one file field"),
+        ("/vectorize", {"a": (None, "text")}, r"^a: expected an image file, got a text field"),
+        (
+            "/vectorize",
+            {"a": ("a.png", b"x"), "b": ("b.png", b"y")},
+            r"^b: send exactly one file field",
+        ),
         ("/rank", {"other": (None, "x")}, r"^other: unknown field"),
         (
             "/classify",

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
 
+from benchmarks.hostile_corpus import hostile_images
 from tests.conftest import b64, image_bytes, make_image, served
 
 pytestmark = pytest.mark.served
@@ -150,7 +151,9 @@ GOOD: dict[str, Callable[[], bytes]] = {
     "rgba-png": lambda: _with_alpha("RGBA"),
     "exif-rotated-jpeg": _exif_rotated_jpeg,
     "1x1": lambda: _save(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"),
-    "wide-4000x10": lambda: _save(_noise(17, (4000, 10)), "PNG"),
+    # The aspect-ratio limit (100:1) exactly, both ways.
+    "wide-1000x10": lambda: _save(_noise(17, (1000, 10)), "PNG"),
+    "tall-10x1000": lambda: _save(_noise(18, (10, 1000)), "PNG"),
 }
 
 
@@ -205,9 +208,15 @@ BAD: dict[str, Bad] = {
     "png-bomb-30000x30000": Bad(_png_bomb(), status=413, problem=r"exceeds the limit"),
     # Under Pillow's limit, over MAX_IMAGE_PIXELS (40M): refused by the header check.
     "png-8000x8000": Bad(
-        _png_bomb(8000, 8000), status=413, problem=r"^image of 8000x8000 pixels exceeds"
+        _png_bomb(8000, 8000), status=413, problem=r"^image of 64000000 pixels exceeds"
     ),
     "svg": Bad(SVG, problem=r"not a readable image"),
+    # Every image the hostile corpus holds (benchmarks/hostile_corpus.py): plugin errors
+    # (DDS, AVIF), the 300000x1 strip, a frame over the limit inside an ICNS, EPS, ...
+    **{
+        name: Bad(data, status=status, problem=problem)
+        for name, (data, status, problem) in hostile_images().items()
+    },
     "invalid-base64": Bad(blob="this is ~not~ base64!", problem=r"not valid base64"),
     "data-uri-bad-base64": Bad(
         blob="data:image/png;base64,iVBOR*w0K==x", problem=r"not valid base"

@@ -19,6 +19,23 @@ DURATION_S = 30
 MAX_GROWTH_MIB = 300
 
 
+KINDS = {"encode_texts", "encode_images", "rank", "classify", "interrogate"}
+# Every request of the mix is valid: back-pressure (503/429 with Retry-After) is allowed,
+# but most must be answered. Measured: all of them.
+MIN_ANSWERED = 0.95
+
+
+def assert_served(report: dict) -> None:
+    """Every request accounted for, and the requests answered: a run of 503s fails."""
+    assert report["lost"] == report["hung"] == 0
+    assert report["sent"] == report["accounted"] > 64
+    assert set(report["outcomes"]) <= {"200", "429", "503"}, report["examples"]
+    assert report["outcomes"].get("200", 0) >= MIN_ANSWERED * report["accounted"], report
+    assert set(report["by_kind"]) == KINDS
+    for kind, seen in report["by_kind"].items():
+        assert seen["outcomes"].get("200"), (kind, seen)
+
+
 def test_soak_accounts_for_every_request_and_memory_stays_bounded(open_clip_url, tmp_path):
     report_path = tmp_path / "soak.json"
     command = [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--url", open_clip_url]
@@ -33,16 +50,7 @@ def test_soak_accounts_for_every_request_and_memory_stays_bounded(open_clip_url,
     assert report_path.exists(), result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert result.returncode == 0, report["problems"]
-    assert report["lost"] == report["hung"] == 0
-    assert report["sent"] == report["accounted"] > 64
-    assert set(report["outcomes"]) <= {"200", "429", "503"}, report["examples"]
-    assert set(report["by_kind"]) == {
-        "encode_texts",
-        "encode_images",
-        "rank",
-        "classify",
-        "interrogate",
-    }
+    assert_served(report)
     memory = report["memory"]
     assert {"arbiter", "ClipApi", "ClipEncoder", "BlipCaptioner"} <= set(memory)
     assert memory["total"]["growth_mib"] < MAX_GROWTH_MIB

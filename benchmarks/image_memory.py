@@ -1,0 +1,116 @@
+"""Peak memory of one image request's per-image work, on the largest images the limits take.
+
+Each image goes through ``decode_image`` and both libraries' 224 px preprocessing
+(open_clip's and transformers', as configured by the generated tiny models; full-size
+ViT-B-32 preprocessing is the same) in a fresh ``benchmarks/decode_worker.py`` process, which
+reports its peak RSS growth (VmHWM reset, freed heap handed back first). Images: blank
+(so a PNG of 40 Mpx is ~0.2 MB and passes ``MAX_BODY_BYTES``) at ``MAX_IMAGE_PIXELS`` in
+every mode family, at the aspect-ratio limit with as many pixels as allowed, and with a
+1-pixel shorter side at the aspect-ratio limit (the preprocessing scales it up to 224 px).
+
+    python benchmarks/image_memory.py [--max-pixels 40000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import header, markdown_table, write_results
+from benchmarks.decode_worker import DecodeWorker
+from clip_service.clip_model import load_clip_model
+from clip_service.images import MAX_ASPECT_RATIO
+from clip_service.settings import Settings
+from clip_service.specs import parse_clip_spec
+from clip_service.tiny_models import make_all
+
+
+def blank(mode: str, size: tuple[int, int]) -> bytes:
+    """A blank image of ``mode`` in a format that stores it (F: TIFF, CMYK: JPEG)."""
+    buffer = io.BytesIO()
+    image = Image.new(mode, size)
+    if mode == "F":
+        image.save(buffer, "TIFF", compression="tiff_adobe_deflate")
+    elif mode == "CMYK":
+        image.save(buffer, "JPEG")
+    else:
+        image.save(buffer, "PNG", **({"transparency": 0} if mode == "P" else {}))
+    return buffer.getvalue()
+
+
+def cases(max_pixels: int) -> dict[str, tuple[str, tuple[int, int]]]:
+    side = int(max_pixels**0.5)
+    short = int((max_pixels / MAX_ASPECT_RATIO) ** 0.5)
+    found = {f"{mode} {side}x{side}": (mode, (side, side)) for mode in
+             ("RGB", "RGBA", "LA", "P", "I;16", "F", "CMYK")}  # fmt: skip
+    long = short * MAX_ASPECT_RATIO
+    found[f"RGBA {long}x{short}"] = ("RGBA", (long, short))
+    found[f"RGB {MAX_ASPECT_RATIO}x1"] = ("RGB", (MAX_ASPECT_RATIO, 1))
+    found[f"RGB 1x{MAX_ASPECT_RATIO}"] = ("RGB", (1, MAX_ASPECT_RATIO))
+    return found
+
+
+def preprocess_configs(directory: Path) -> list[dict]:
+    models = make_all(directory)
+    specs = [f"local-dir:{models['open-clip']}", str(models["hf-clip"])]
+    return [
+        load_clip_model(
+            parse_clip_spec(spec), "cpu", image_runtime="torch"
+        ).preprocess_config.model_dump(mode="json")
+        for spec in specs
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--max-pixels", type=int, default=Settings().max_image_pixels)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        configs = preprocess_configs(Path(directory))
+    rows = []
+    for name, (mode, size) in cases(args.max_pixels).items():
+        config = {
+            "max_pixels": args.max_pixels,
+            "preprocess": configs,
+            "warm_up": [blank(mode, (64, 64)).hex()],
+        }
+        worker = DecodeWorker(config, timeout_s=600)
+        try:
+            data = blank(mode, size)
+            result = worker.run(data)
+        finally:
+            worker.stop()
+        if result["outcome"] != "ok":
+            raise SystemExit(f"{name}: {result}")
+        growth = result["peak_growth_bytes"]
+        pixels = size[0] * size[1]
+        rows.append(
+            [
+                name,
+                f"{pixels:,}",
+                f"{len(data) / 2**10:,.0f}",
+                f"{growth / 2**20:,.0f}",
+                f"{growth / pixels:,.1f}",
+                f"{result['seconds']:.1f}",
+            ]
+        )
+    table = markdown_table(
+        ["image", "pixels", "body KiB", "peak growth MiB", "bytes per pixel", "seconds"], rows
+    )
+    lines = {
+        "limits": f"MAX_IMAGE_PIXELS {args.max_pixels:,}, aspect ratio {MAX_ASPECT_RATIO}:1",
+        "work": "decode_image, then open_clip's and transformers' 224 px preprocessing",
+    }
+    text = header("Peak memory of one image's decoding and preprocessing", lines)
+    write_results("image_memory", text + "\n" + table, args.out)
+
+
+if __name__ == "__main__":
+    main()
