@@ -41,13 +41,13 @@ def url(tiny_models, tmp_path_factory):
             "/vectorize",
             {"content": image_bytes(Image.new("L", (600, 600)))},
             413,
-            r"^body: image of 600x600 pixels exceeds the limit of 250000 pixels",
+            r"^body: image of 360000 pixels exceeds the limit of 250000 pixels",
         ),
         (
             "/encode",
             {"json": [{"img_blob": b64(image_bytes(Image.new("L", (501, 500))))}]},
             413,
-            r"^items\[0\]\.img_blob: image of 501x500 pixels exceeds",
+            r"^items\[0\]\.img_blob: image of 250500 pixels exceeds",
         ),
     ],
 )
