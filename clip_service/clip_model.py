@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from .precision import PrecisionSetting, RuntimeSetting, plan
 from .preprocess import PreprocessConfig, input_size
 from .specs import ClipSpec, parse_clip_spec
-from .text_prefix import PrefixCache, PrefixTower, encode_sharing_prefix
+from .text_prefix import PrefixCache, PrefixedRows, PrefixTower, encode_sharing_prefix
 
 if TYPE_CHECKING:
     from .image_runtime import OnnxImageTower
@@ -61,6 +61,8 @@ class ClipModel(ABC):
     # Text padded only to each batch's longest text (and prefixes shared), not the context.
     trim_text: bool
     precision: str = "fp32"
+    # The text tower taken apart for prefix sharing (:mod:`.text_prefix`), where it can be.
+    prefix_tower: PrefixTower | None = None
     # Set by load_clip_model when ONNX Runtime runs the image tower.
     onnx_image: OnnxImageTower | None = None
 
@@ -123,7 +125,6 @@ class ClipModel(ABC):
             features = self._text_features(tokens, self.trim_text)
         return features.float().cpu().numpy()
 
-    @torch.inference_mode()
     def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
         """:meth:`encode_texts` for texts that share a long token prefix (a chain step).
 
@@ -134,15 +135,22 @@ class ClipModel(ABC):
         ``CLIPTextModel``, and models loaded with text trimming off, take the plain path:
         same result, without the saving.
         """
-        if not texts:
-            return np.zeros((0, self.embedding_size), dtype=np.float32)
-        tokens = self._tokenize(list(texts), self.trim_text)
-        split = self._prefix_inputs(tokens)
-        if split is None:
-            with self._forward_lock:
-                features = self._text_features(tokens, self.trim_text)
-        else:
-            features = encode_sharing_prefix(*split, self._forward_lock, self._prefixes)
+        rows = self.prefixed(texts) if texts else None
+        return self.encode_texts(texts) if rows is None else self.encode_prefixed(rows)
+
+    def prefixed(self, texts: Sequence[str]) -> PrefixedRows | None:
+        """``texts`` tokenized for :meth:`encode_prefixed`, their shared prefix found; None
+        where the tower cannot share prefixes (then :meth:`encode_texts` is the way)."""
+        split = self._prefix_inputs(self._tokenize(list(texts), self.trim_text))
+        return None if split is None else PrefixedRows.of(*split[1:])
+
+    @torch.inference_mode()
+    def encode_prefixed(self, rows: PrefixedRows) -> np.ndarray:
+        """(n, d) float32 embeddings of :meth:`prefixed` rows (or a slice of them)."""
+        assert self.prefix_tower is not None  # prefixed() gave no rows otherwise
+        features = encode_sharing_prefix(
+            self.prefix_tower, rows, self._forward_lock, self._prefixes
+        )
         return features.float().cpu().numpy()
 
     def info(self) -> ModelInfo:

@@ -45,8 +45,9 @@ class Settings(BaseSettings):
     image_max_batch_size: int = Field(32, ge=1)
     text_max_batch_size: int = Field(256, ge=1)
     # Interrogation steps and label-table builds run in slices of about this much model
-    # time, so an interactive request waits at most one slice behind them.
-    bulk_slice_ms: float = Field(50, gt=0)
+    # time while interactive requests are about (10x longer otherwise), so an interactive
+    # request waits at most one slice behind them.
+    bulk_slice_ms: float = Field(20, gt=0)
     # An interactive request that would wait longer than this in a model's queue is refused
     # at once (503 with Retry-After) rather than queued.
     max_latency_ms: int = Field(60_000, ge=1)

@@ -85,6 +85,28 @@ def shared_prefix_length(ids: torch.Tensor, eot: torch.Tensor) -> int:
     return int(differs[0]) if len(differs) else limit
 
 
+@dataclass(frozen=True)
+class PrefixedRows:
+    """Token rows ``ids`` (n, L), read at ``eot`` (n,), sharing their first ``prefix_length``
+    tokens: one chain step's prompts, tokenized once. Slices keep the whole step's prefix, so
+    a step cut into slices by the scheduler runs every slice against the same cached prefix
+    (a slice's own common prefix would be longer, and different for each)."""
+
+    ids: torch.Tensor
+    eot: torch.Tensor
+    prefix_length: int
+
+    @classmethod
+    def of(cls, ids: torch.Tensor, eot: torch.Tensor) -> PrefixedRows:
+        return cls(ids, eot, shared_prefix_length(ids, eot))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> PrefixedRows:
+        return PrefixedRows(self.ids[rows], self.eot[rows], self.prefix_length)
+
+
 def _layer(
     layer: PrefixLayer, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,18 +138,17 @@ def _chunks(lengths: list[int], budget: int) -> list[tuple[int, int]]:
 @torch.inference_mode()
 def encode_sharing_prefix(
     tower: PrefixTower,
-    ids: torch.Tensor,
-    eot: torch.Tensor,
+    rows: PrefixedRows,
     lock: AbstractContextManager,
     cache: PrefixCache | None = None,
     chunk_tokens: int = CHUNK_TOKENS,
 ) -> torch.Tensor:
-    """Pooled, projected features of token rows ``ids`` (n, L) read at ``eot`` (n,).
+    """Pooled, projected features of ``rows``.
 
     ``lock`` is held per forward chunk, so other batches can run in between. The prefix's
     keys and values come from ``cache`` as far as it has them, and are stored there.
     """
-    p = shared_prefix_length(ids, eot)
+    ids, eot, p = rows.ids, rows.eot, rows.prefix_length
     positions = torch.arange(ids.shape[1], device=ids.device)
     prefix = tuple(ids[0, :p].tolist())
     known, past = cache.longest(prefix) if cache is not None else (0, None)

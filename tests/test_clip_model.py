@@ -14,7 +14,7 @@ from clip_service.clip_model import ClipModel, load_clip_model
 from clip_service.specs import parse_clip_spec
 from clip_service.text_prefix import (
     PrefixCache,
-    PrefixTower,
+    PrefixedRows,
     encode_sharing_prefix,
     shared_prefix_length,
 )
@@ -97,7 +97,8 @@ def test_prefix_shared_encoding_equals_full_context(model):
     expected = full_context_reference(model, CHAIN_STEP)
     assert_close_to(model.encode_texts_sharing_prefix(CHAIN_STEP), expected)
     # Small chunks (a few texts each, by suffix length) give the same.
-    chunked = encode_sharing_prefix(tower, ids, eot, nullcontext(), chunk_tokens=40)
+    rows = PrefixedRows.of(ids, eot)
+    chunked = encode_sharing_prefix(tower, rows, nullcontext(), chunk_tokens=40)
     assert_close_to(chunked.numpy(), expected)
     assert model.encode_texts_sharing_prefix([]).shape == (0, model.embedding_size)
 
@@ -112,29 +113,32 @@ def test_texts_without_a_common_prefix(model):
     assert_close_to(model.encode_texts_sharing_prefix(same), full_context_reference(model, same))
 
 
+class CountingCache(PrefixCache):
+    """Records the length of every prefix computed (each is stored once computed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.computed: list[int] = []
+
+    def put(self, ids: tuple[int, ...], layers) -> None:
+        self.computed.append(len(ids))
+        super().put(ids, layers)
+
+
 def test_slices_and_longer_prompts_reuse_cached_prefixes(model):
     """A chain step arrives in slices, and the next step's prompt extends this one's: the
     prefix's keys and values are computed once, then only the new tokens on top of them."""
-    tower, ids, eot = model._prefix_inputs(model._tokenize(CHAIN_STEP, True))
-    prefix_tokens: list[int] = []
-
-    def counting_embed(step_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        if len(step_ids) == 1:  # the prefix runs as one row; suffixes as a batch
-            prefix_tokens.append(step_ids.shape[1])
-        return tower.embed(step_ids, positions)
-
-    counted = PrefixTower(counting_embed, tower.layers, tower.head)
-    cache = PrefixCache()
+    rows = model.prefixed(CHAIN_STEP)
+    cache = CountingCache()
     expected = full_context_reference(model, CHAIN_STEP)
-    half = len(CHAIN_STEP) // 2
-    slices = [slice(0, half), slice(half, None)]
-    for rows in slices:
-        sliced = encode_sharing_prefix(counted, ids[rows], eot[rows], nullcontext(), cache)
-        assert_close_to(sliced.numpy(), expected[rows])
-    longest = max(shared_prefix_length(ids[rows], eot[rows]) for rows in slices)
-    assert sum(prefix_tokens) == longest  # no prefix token was computed twice
-    longer = [f"{PROMPT}, oil on canvas, {flavor}" for flavor in ("red", "blue")]
-    _, ids_l, eot_l = model._prefix_inputs(model._tokenize(longer, True))
-    out = encode_sharing_prefix(counted, ids_l, eot_l, nullcontext(), cache)
-    assert_close_to(out.numpy(), full_context_reference(model, longer))
-    assert sum(prefix_tokens) == shared_prefix_length(ids_l, eot_l)  # only the new ones added
+    for part in (slice(0, 1), slice(1, 4), slice(4, None)):  # the scheduler's slices
+        sliced = encode_sharing_prefix(model.prefix_tower, rows[part], nullcontext(), cache)
+        assert_close_to(sliced.numpy(), expected[part])
+    assert cache.computed == [rows.prefix_length]  # once, for the whole step
+    longer = model.prefixed([f"{PROMPT}, oil on canvas, {flavor}" for flavor in ("red", "blue")])
+    key = tuple(longer.ids[0, : longer.prefix_length].tolist())
+    assert cache.longest(key)[0] == rows.prefix_length  # this step's prefix starts the next's
+    out = encode_sharing_prefix(model.prefix_tower, longer, nullcontext(), cache)
+    texts = [f"{PROMPT}, oil on canvas, {flavor}" for flavor in ("red", "blue")]
+    assert_close_to(out.numpy(), full_context_reference(model, texts))
+    assert cache.computed == [rows.prefix_length, longer.prefix_length]

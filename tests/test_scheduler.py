@@ -53,7 +53,9 @@ def scheduler(model: GatedModel, **kwargs) -> Scheduler:
         Method("other", model.run, max_batch=8),
     ]
     options = {"slice_s": 1.0, "max_wait_s": 60.0} | kwargs
-    return Scheduler(methods, **options)
+    made = Scheduler(methods, **options)
+    made.costs.smoothing = 0.0  # costs stay as each test sets them, whatever the gate takes
+    return made
 
 
 def items(prefix: str, n: int) -> list[str]:
@@ -120,11 +122,11 @@ def test_interactive_goes_before_interrogation_before_background() -> None:
 def test_bulk_work_runs_in_slices_and_interactive_waits_at_most_one() -> None:
     async def scenario() -> None:
         model = GatedModel()
-        s = scheduler(model, max_batch=100, slice_s=0.5)
-        s.costs.observe("texts", Priority.BACKGROUND, items=10, seconds=1.0)  # 0.1 s per item
-        build = asyncio.create_task(s.run("texts", items("bg", 23), Priority.BACKGROUND))
+        s = scheduler(model, max_batch=100, slice_s=0.05)
+        s.costs.observe("texts", Priority.BACKGROUND, items=10, seconds=0.1)  # 10 ms per item
+        build = asyncio.create_task(s.run("texts", items("bg", 80), Priority.BACKGROUND))
         await started(model)
-        assert model.batches == [items("bg", 5)]  # 0.5 s of work
+        assert model.batches == [items("bg", 50)]  # nobody about: a long slice, 0.5 s
         urgent = asyncio.create_task(s.run("texts", ["ia-7"]))
         await asyncio.sleep(0.05)
         model.release()
@@ -132,8 +134,9 @@ def test_bulk_work_runs_in_slices_and_interactive_waits_at_most_one() -> None:
         assert model.batches[1] == ["ia-7"]  # right after the slice that was running
         model.release(10)
         assert values(await urgent) == [7]
-        assert values(await build) == list(range(23))
-        assert [len(b) for b in model.batches[2:]] and max(map(len, model.batches[2:])) <= 10
+        assert values(await build) == list(range(80))
+        # With an interactive request just seen, the rest ran in short slices (0.05 s).
+        assert [len(b) for b in model.batches[2:]] == [5] * 6
 
     run(scenario())
 
@@ -141,9 +144,9 @@ def test_bulk_work_runs_in_slices_and_interactive_waits_at_most_one() -> None:
 def test_concurrent_bulk_jobs_take_turns() -> None:
     async def scenario() -> None:
         model = GatedModel()
-        s = scheduler(model, slice_s=0.2)
+        s = scheduler(model, slice_s=0.02)  # 0.2 s slices with nobody about
         s.costs.observe("prefixed", Priority.INTERROGATION, items=1, seconds=0.1)  # 2 per slice
-        blocker = asyncio.create_task(s.run("other", ["x-0"]))
+        blocker = asyncio.create_task(s.run("other", ["x-0"], Priority.BACKGROUND))
         await started(model)
         a = asyncio.create_task(s.run("prefixed", items("a", 4), Priority.INTERROGATION))
         b = asyncio.create_task(s.run("prefixed", items("b", 4), Priority.INTERROGATION))

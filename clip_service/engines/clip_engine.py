@@ -8,6 +8,7 @@ prompt or the top labels come out.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +67,7 @@ class ClipEngine:
             [
                 Method("encode_images", model.encode_images, limits.image_max_batch),
                 Method("encode_texts", model.encode_texts, limits.text_max_batch),
-                Method(
-                    "encode_prefixed",
-                    model.encode_texts_sharing_prefix,
-                    PREFIXED_MAX_BATCH,
-                    merge=False,
-                ),
+                Method("encode_prefixed", model.encode_prefixed, PREFIXED_MAX_BATCH, merge=False),
             ],
             slice_s=limits.slice_s,
             max_wait_s=limits.max_wait_s,
@@ -181,9 +177,12 @@ class _ScheduledTextTower:
         return await self.engine.encode_texts(texts, Priority.INTERROGATION)
 
     async def encode_texts_sharing_prefix(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.engine.scheduler.run(
-            "encode_prefixed", list(texts), Priority.INTERROGATION
-        )
+        """The step's prompts tokenized once (off the event loop), then run in slices that
+        all share the step's prefix, computed once (the model caches its keys and values)."""
+        rows = await asyncio.to_thread(self.engine.model.prefixed, list(texts))
+        if rows is None:
+            return await self.encode_texts(texts)
+        return await self.engine.scheduler.run("encode_prefixed", rows, Priority.INTERROGATION)
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokenizing a few prompts is quick: done here, outside the model's queue."""

@@ -8,7 +8,9 @@ label chunk in one piece while everyone else waits. Here:
   batch, up to the method's batch limit;
 * the batch comes from the most urgent non-empty class (:class:`~.jobs.Priority`);
 * interrogation and background work run in slices whose expected model time, measured per
-  method, stays within ``slice_s``, so an interactive request waits at most one slice;
+  method, stays within ``slice_s`` while interactive requests are about (one came within
+  ``INTERACTIVE_WINDOW_S``), so such a request waits at most one slice; with nobody about,
+  slices are ``IDLE_SLICE_FACTOR`` times longer, which bulk work runs faster in;
 * an interactive request that would wait longer than ``max_wait_s`` is refused at once with
   :class:`Overloaded` (its ``retry_after_s`` is the wait it would have had).
 """
@@ -24,6 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from .jobs import Batch, Job, JobQueues, Method, Priority
+
+# Interactive traffic this recent keeps bulk slices short; without it, they are this many
+# times longer (fewer, larger batches: a label-table build on a CPU runs ~1.5x faster).
+INTERACTIVE_WINDOW_S = 2.0
+IDLE_SLICE_FACTOR = 10
 
 
 class Overloaded(Exception):
@@ -98,6 +105,7 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._serving: asyncio.Task[None] | None = None
         self._busy_until = 0.0  # expected end of the running batch (time.monotonic)
+        self._interactive_at = -math.inf  # when the last interactive job came
 
     async def run(
         self, method: str, items: Sequence[Any], priority: Priority = Priority.INTERACTIVE
@@ -111,6 +119,7 @@ class Scheduler:
         job_method = self.methods[method]
         wake = self._ensure_serving()
         if priority is Priority.INTERACTIVE:
+            self._interactive_at = time.monotonic()
             wait = self.expected_wait()
             if wait > self.max_wait_s:
                 if self.observer:
@@ -161,8 +170,13 @@ class Scheduler:
     def _limit(self, method: Method, priority: Priority) -> int:
         if priority is Priority.INTERACTIVE:
             return method.max_batch
-        fits = self.costs.items_within(method.name, priority, self.slice_s)
+        fits = self.costs.items_within(method.name, priority, self.current_slice_s())
         return min(method.max_batch, fits)
+
+    def current_slice_s(self) -> float:
+        """The bulk slice now: short while interactive requests are about, else longer."""
+        recent = time.monotonic() - self._interactive_at < INTERACTIVE_WINDOW_S
+        return self.slice_s if recent else self.slice_s * IDLE_SLICE_FACTOR
 
     async def _run(self, batch: Batch) -> None:
         method, priority = batch.method, batch.priority
