@@ -52,7 +52,7 @@ def scheduler(model: GatedModel, **kwargs) -> Scheduler:
         Method("prefixed", model.run, max_batch=100, merge=False),
         Method("other", model.run, max_batch=8),
     ]
-    options = {"slice_s": 1.0, "max_wait_s": 60.0} | kwargs
+    options = {"slice_s": 0.1, "max_wait_s": 60.0} | kwargs
     made = Scheduler(methods, **options)
     made.costs.smoothing = 0.0  # costs stay as each test sets them, whatever the gate takes
     return made
@@ -137,6 +137,26 @@ def test_bulk_work_runs_in_slices_and_interactive_waits_at_most_one() -> None:
         assert values(await build) == list(range(80))
         # With an interactive request just seen, the rest ran in short slices (0.05 s).
         assert [len(b) for b in model.batches[2:]] == [5] * 6
+
+    run(scenario())
+
+
+def test_bulk_work_waits_a_slice_for_a_clients_next_request() -> None:
+    async def scenario() -> None:
+        model = GatedModel()
+        s = scheduler(model, slice_s=2.0)  # bulk waits up to 2 s after an interactive batch
+        first = asyncio.create_task(s.run("texts", ["ia-1"]))
+        await started(model)
+        build = asyncio.create_task(s.run("texts", items("bg", 3), Priority.BACKGROUND))
+        await asyncio.sleep(0.05)
+        model.release()
+        assert values(await first) == [1]
+        await asyncio.sleep(0.1)  # the client's next request, a moment after its answer
+        second = asyncio.create_task(s.run("texts", ["ia-2"]))
+        model.release(5)
+        assert values(await second) == [2]
+        await build
+        assert model.batches[:2] == [["ia-1"], ["ia-2"]]  # not behind the bulk slice
 
     run(scenario())
 

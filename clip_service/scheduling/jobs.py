@@ -121,6 +121,10 @@ class JobQueues:
         queue[:] = [job for job in queue if not job.abandoned and job.remaining]
         return queue
 
+    def next_priority(self) -> Priority | None:
+        """The class :meth:`take` would serve now (None: nothing is queued)."""
+        return next((priority for priority in Priority if self.queued(priority)), None)
+
     def take(self, limit: Callable[[Method, Priority], int]) -> Batch | None:
         """The next batch: the most urgent class's oldest job's method, up to ``limit`` items.
 

@@ -11,6 +11,9 @@ label chunk in one piece while everyone else waits. Here:
   method, stays within ``slice_s`` while interactive requests are about (one came within
   ``INTERACTIVE_WINDOW_S``), so such a request waits at most one slice; with nobody about,
   slices are ``IDLE_SLICE_FACTOR`` times longer, which bulk work runs faster in;
+* after an interactive batch, bulk work waits up to one slice for the next interactive
+  request (a client's next request arrives within milliseconds of its last answer), so a
+  client sending requests one after another rarely finds the model inside a bulk slice;
 * an interactive request that would wait longer than ``max_wait_s`` is refused at once with
   :class:`Overloaded` (its ``retry_after_s`` is the wait it would have had).
 """
@@ -18,6 +21,7 @@ label chunk in one piece while everyone else waits. Here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
 import time
@@ -159,13 +163,23 @@ class Scheduler:
         return self._wake
 
     async def _serve(self, wake: asyncio.Event) -> None:
+        last: Priority | None = None
         while True:
-            batch = self._queues.take(self._limit)
-            if batch is None:
+            upcoming = self._queues.next_priority()
+            if upcoming is None:
                 wake.clear()
                 await wake.wait()
                 continue
-            await self._run(batch)
+            if last is Priority.INTERACTIVE and upcoming is not Priority.INTERACTIVE:
+                last = None  # once per interactive batch: then bulk work goes on
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.slice_s)
+                continue
+            batch = self._queues.take(self._limit)
+            if batch is not None:
+                await self._run(batch)
+                last = batch.priority
 
     def _limit(self, method: Method, priority: Priority) -> int:
         if priority is Priority.INTERACTIVE:
