@@ -1,4 +1,12 @@
-"""The entry service: HTTP routes only. Model work goes to the batched model services."""
+"""The entry service: every HTTP route, declared here; model work goes to the model services.
+
+A route reads top to bottom: what its body is (``@takes``: raw image bytes, a form rewritten
+into its JSON, ...; the request reader does it), its guard (``@guard``: deadline, in-flight
+limit, errors as answers), then a few lines calling the entry's side of the work
+(``clip_service.server``), which calls ``ClipEncoder`` and ``BlipCaptioner`` (``runners/``).
+Routes BentoML's API decorator cannot express (GET, caller-named form fields, static files)
+are a FastAPI app, so they are in the OpenAPI document too.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +15,53 @@ from typing import Annotated, Literal
 
 import bentoml
 import torch
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import Field
-from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.staticfiles import StaticFiles
 
-from clip_service import connection_deadline, form_routes, logs
-from clip_service.auth import ApiKeys, warn_if_open
-from clip_service.bentoml_fixes import cancel_timeout_timers
-from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, Classifier, Score, parse_template
-from clip_service.draining import GracefulShutdown
-from clip_service.encoding import ItemEncoder
-from clip_service.errors import InvalidInput
+from clip_service.errors import InvalidInput, NotServed
 from clip_service.interrogation.interrogator import Mode
-from clip_service.interrogation.pipeline import InterrogationPipeline
-from clip_service.limits import check_classify_chars, check_rank_pairs, check_url_items
-from clip_service.middleware import BodyGuard, ErrorShape
-from clip_service.multipart import MultipartForms
-from clip_service.openai_embeddings import (
+from clip_service.models.ranking import rank
+from clip_service.server import hooks, logs
+from clip_service.server.auth import ApiKeys, warn_if_open
+from clip_service.server.classify import (
+    DEFAULT_TEMPLATE,
+    LABEL_SETS,
+    Classifier,
+    Score,
+    parse_template,
+)
+from clip_service.server.draining import Drain
+from clip_service.server.encoding import ItemEncoder
+from clip_service.server.form_embeddings import OPENAPI_BODY, embed_form
+from clip_service.server.forms import declared_bodies, takes
+from clip_service.server.guard import RouteGuard
+from clip_service.server.interrogation import InterrogationPipeline
+from clip_service.server.limits import check_classify_chars, check_rank_pairs, check_url_items
+from clip_service.server.middleware import AccessControl, RequestReader, ResponseShaper
+from clip_service.server.openai_embeddings import (
     EmbeddingInput,
     EmbeddingsResult,
     EncodingFormat,
     Modality,
     OpenAIEmbeddings,
 )
-from clip_service.ranking import rank
-from clip_service.request_ids import HEADERS as REQUEST_ID_HEADERS
-from clip_service.request_ids import RequestIds, echo_headers, request_id
-from clip_service.schemas import (
+from clip_service.server.request_ids import HEADERS as REQUEST_ID_HEADERS
+from clip_service.server.request_ids import echo_headers, request_id
+from clip_service.server.schemas import (
     AnalyzeResult,
+    BatchSettings,
     CaptionResult,
     ClassifyResult,
     ClassScore,
     ImageItem,
     InterrogateResult,
+    InterrogationInfo,
     Items,
     RankResult,
+    ServedModel,
     Tag,
     TagResult,
     Text,
@@ -48,45 +69,30 @@ from clip_service.schemas import (
     VectorResult,
     WearableResult,
 )
-from clip_service.service_errors import NotServed, answers_service_errors
+from clip_service.server.upstream import Guarded, dependencies_ready
 from clip_service.settings import get_settings
-from clip_service.traffic import Traffic
-from clip_service.upstream import Guarded, RetryAfter, dependencies_ready
 from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
 
 settings = get_settings()
 logs.configure()
+hooks.install(settings.header_read_timeout_s)  # in every service process: all import this
 warn_if_open(bool(settings.api_key_list))
-connection_deadline.install(settings.header_read_timeout_s)
-cancel_timeout_timers()  # in every service process: all import this module
 
-# Routes whose body is the raw image, whatever Content-Type the client declares.
-RAW_BODY_ROUTES = ("/vectorize", "/extract_text")
-# How a multipart form maps onto each route's JSON body (clip_service/multipart.py).
-FORM_ROUTES = {
-    "/encode": "items",
-    "/rank": "rank",
-    "/caption": "image",
-    "/interrogate": "image",
-    "/analyze": "image",
-    "/classify": "image",
-    "/vectorize": "raw",
-    "/extract_text": "raw",
-    "/tag": "file",
-    "/wearable": "file",
-    "/v1/embeddings": "json",
-}
+guard = RouteGuard(settings.request_timeout_s, settings.max_concurrency)
 MAX_FLAVORS = settings.max_flavors
 MAX_LABELS = 1000
 LabelSetName = Literal[tuple(LABEL_SETS)]
 
+# The routes BentoML's API decorator cannot express; their bodies are the functions below.
+http = FastAPI(title="clip-service", openapi_url=None, docs_url=None, redoc_url=None)
 
-@bentoml.asgi_app(form_routes.app)
+
+@bentoml.asgi_app(http)
 @bentoml.service(
     name="ClipApi",
-    # BentoML's own timeout only backs up Traffic's (clip_service/traffic.py), which answers
-    # 504 in the project's shape first.
+    # BentoML's own timeout only backs up the routes' guard, which answers 504 in the
+    # project's shape first.
     traffic={"timeout": settings.request_timeout_s + 5},
 )
 class ClipApi:
@@ -114,6 +120,11 @@ class ClipApi:
         self.classifier = Classifier(self.items)
         self.openai = OpenAIEmbeddings(self.items)
 
+    @bentoml.on_startup
+    def drain_on_sigterm(self) -> None:
+        """On SIGTERM: refuse new connections at once, finish the requests in flight."""
+        Drain("entry").install()
+
     async def __is_ready__(self) -> bool:
         """/readyz: 503 at once while a model service is down, restarting or unreachable."""
         dependencies = [self.encoder]
@@ -132,14 +143,16 @@ class ClipApi:
         return self.interrogation
 
     @bentoml.api(route="/encode")
-    @answers_service_errors
+    @takes("items")
+    @guard
     async def encode(self, items: Items, /) -> list[list[float]]:
         """Texts and images to CLIP embeddings (raw model outputs), in input order."""
         check_url_items(items, "items", settings.max_url_items)
         return (await self.items.encode_items(items, "items")).tolist()
 
     @bentoml.api(route="/v1/embeddings")
-    @answers_service_errors
+    @takes("json")
+    @guard
     async def openai_embeddings(
         self,
         input: EmbeddingInput,
@@ -158,7 +171,8 @@ class ClipApi:
         return await self.openai.create(input, encoding_format, dimensions, modality)
 
     @bentoml.api(route="/rank")
-    @answers_service_errors
+    @takes("rank")
+    @guard
     async def rank(self, queries: Items, candidates: Items) -> RankResult:
         """Each query against all candidates: softmax probabilities and cosines."""
         check_rank_pairs(len(queries), len(candidates), settings.max_rank_pairs)
@@ -172,14 +186,16 @@ class ClipApi:
         )
 
     @bentoml.api(route="/vectorize")
-    @answers_service_errors
+    @takes("raw")
+    @guard
     async def vectorize(self, image: bytes, /) -> VectorResult:
         """Raw image bytes in the body (any Content-Type) -> its embedding."""
         vector = await self.items.encode_image(await self.items.decode(image, "body"))
         return VectorResult(vector=vector.tolist())
 
     @bentoml.api(route="/caption")
-    @answers_service_errors
+    @takes("image")
+    @guard
     async def caption(self, image: ImageItem) -> CaptionResult:
         """The BLIP caption of an image."""
         interrogation = self._interrogating()
@@ -187,7 +203,8 @@ class ClipApi:
         return CaptionResult(caption=await interrogation.caption(decoded))
 
     @bentoml.api(route="/interrogate")
-    @answers_service_errors
+    @takes("image")
+    @guard
     async def interrogate(
         self,
         image: ImageItem,
@@ -210,7 +227,8 @@ class ClipApi:
         return InterrogateResult(prompt=prompt, caption=used_caption, mode=mode)
 
     @bentoml.api(route="/analyze")
-    @answers_service_errors
+    @takes("image")
+    @guard
     async def analyze(
         self, image: ImageItem, top_k: Annotated[int, Field(ge=1, le=100)] = 5
     ) -> AnalyzeResult:
@@ -226,7 +244,8 @@ class ClipApi:
         )
 
     @bentoml.api(route="/extract_text")
-    @answers_service_errors
+    @takes("raw")
+    @guard
     async def extract_text(self, image: bytes, /) -> TextResult:
         """Raw image bytes in the body -> its best-mode prompt."""
         interrogation = self._interrogating()
@@ -235,7 +254,8 @@ class ClipApi:
         return TextResult(text=prompt)
 
     @bentoml.api(route="/classify")
-    @answers_service_errors
+    @takes("image")
+    @guard
     async def classify(
         self,
         image: ImageItem,
@@ -256,7 +276,8 @@ class ClipApi:
         return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
 
     @bentoml.api(route="/tag")
-    @answers_service_errors
+    @takes("file")
+    @guard
     async def tag(self, file: Path, ctx: bentoml.Context) -> TagResult:
         """Pet type and fur length of a multipart image in field ``file``."""
         rid, best = await self._classify_upload(file, ctx, "pets", top_k=1)
@@ -264,7 +285,8 @@ class ClipApi:
         return TagResult(request_id=rid, tags=tags)
 
     @bentoml.api(route="/wearable")
-    @answers_service_errors
+    @takes("file")
+    @guard
     async def wearable(self, file: Path, ctx: bentoml.Context) -> WearableResult:
         """The top 3 of 20 wearable categories for a multipart image in field ``file``."""
         rid, top = await self._classify_upload(file, ctx, "wearables", top_k=3)
@@ -281,35 +303,65 @@ class ClipApi:
         return rid, await self.classifier.classify(vector, label_set=label_set, top_k=top_k)
 
 
-if settings.cors_origins:
-    # Added first, so it wraps the others: their 4xx answers carry CORS headers too.
-    ClipApi.add_asgi_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST"],
-        allow_headers=["*"],
-        expose_headers=[*REQUEST_ID_HEADERS, "retry-after", "www-authenticate"],
+@http.get("/model", response_model=ServedModel)
+@guard
+async def served_model() -> ServedModel:
+    """Which model is served, where, how requests are batched, and whether interrogation
+    is served (its caption model and how far its label tables are)."""
+    service: ClipApi = bentoml.get_current_service()
+    info = await service.items.model_info()
+    interrogation = None
+    if service.interrogation is not None:
+        tables = await service.interrogation.tables()
+        interrogation = InterrogationInfo(caption_model=settings.caption_model, label_tables=tables)
+    batching = BatchSettings(
+        image_max_batch_size=settings.image_max_batch_size,
+        text_max_batch_size=settings.text_max_batch_size,
+        bulk_slice_ms=settings.bulk_slice_ms,
+        max_latency_ms=settings.max_latency_ms,
     )
-if settings.api_key_list:
-    ClipApi.add_asgi_middleware(
-        ApiKeys,
-        keys=settings.api_key_list,
-        public_metrics=settings.public_metrics,
-        public_docs=settings.public_docs,
+    return ServedModel(
+        **info.model_dump(exclude={"preprocess"}), batching=batching, interrogation=interrogation
     )
-ClipApi.add_asgi_middleware(GracefulShutdown, role="entry")
-ClipApi.add_asgi_middleware(RequestIds)
+
+
+@http.post("/embeddings", openapi_extra=OPENAPI_BODY)
+@guard
+async def form_embeddings(request: Request) -> JSONResponse:
+    """A multipart form: every field (a file or a text, named by you) -> its vector under its
+    name, plus ``texts_vectors`` and ``images_vectors`` in field order, and the request id
+    (the ``request_id`` header, echoed, else a new one)."""
+    service: ClipApi = bentoml.get_current_service()
+    rid = request_id(request.headers)
+    body = await embed_form(request, service.items, settings.max_items, settings.max_text_chars)
+    return JSONResponse({"request_id": rid, **body}, headers=echo_headers(rid))
+
+
+@http.get("/ui", include_in_schema=False)
+async def demo_page() -> RedirectResponse:
+    """/ui -> /ui/, relative, so the page's relative asset and API URLs resolve under any
+    prefix a proxy puts in front of the service."""
+    return RedirectResponse("ui/", status_code=308)
+
+
+http.mount("/ui", StaticFiles(packages=[("clip_service", "ui")], html=True), name="ui")
+
+# Outermost first (BentoML adds them in this order, each wrapping the next).
+ClipApi.add_asgi_middleware(ResponseShaper)
 ClipApi.add_asgi_middleware(
-    Traffic, timeout_s=settings.request_timeout_s, max_concurrency=settings.max_concurrency
+    AccessControl,
+    origins=settings.cors_origins,
+    keys=(
+        ApiKeys(settings.api_key_list, settings.public_metrics, settings.public_docs)
+        if settings.api_key_list
+        else None
+    ),
+    expose=[*REQUEST_ID_HEADERS, "retry-after", "www-authenticate"],
 )
-ClipApi.add_asgi_middleware(RetryAfter)
-ClipApi.add_asgi_middleware(ErrorShape)
 ClipApi.add_asgi_middleware(
-    BodyGuard,
+    RequestReader,
+    bodies=declared_bodies(ClipApi.apis.values()),
     max_bytes=settings.max_body_bytes,
-    raw_body_routes=RAW_BODY_ROUTES,
-    file_fields={"/tag": "file", "/wearable": "file"},
     read_timeout_s=settings.body_read_timeout_s,
     max_json_depth=settings.max_json_depth,
 )
-ClipApi.add_asgi_middleware(MultipartForms, routes=FORM_ROUTES)

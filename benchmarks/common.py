@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from clip_service.clip_model import ClipModel, load_configured_clip_model
 from clip_service.interrogation import LabelCache, LabelTables, read_label_tables
+from clip_service.models.clip import ClipModel, load_configured_clip_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"

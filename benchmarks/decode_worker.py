@@ -4,7 +4,7 @@ each input) is what one input cost. Used by the decoder fuzz (tests/test_fuzz_de
 and by benchmarks/image_memory.py.
 
 The parent (:class:`DecodeWorker`) sends length-prefixed inputs on stdin; for each, the
-worker runs :func:`clip_service.images.decode_image` and then every given model
+worker runs :func:`clip_service.inputs.images.decode_image` and then every given model
 preprocessing, and answers one JSON line: the outcome, the error, the sizes seen and the
 peak memory growth. The first frame is the configuration, JSON: ``max_pixels``,
 ``preprocess`` (PreprocessConfig dumps) and ``warm_up`` (hex inputs decoded once before
@@ -59,7 +59,7 @@ def _declared_pixels(data: bytes) -> int:
 
 def run_case(data: bytes, max_pixels: int, preprocessors: list[Any]) -> dict[str, Any]:
     from clip_service.errors import InvalidInput, PayloadTooLarge
-    from clip_service.images import decode_image
+    from clip_service.inputs.images import decode_image
 
     result: dict[str, Any] = {"declared_pixels": _declared_pixels(data)}
     _reset_peak()
@@ -95,7 +95,7 @@ def _read_frame(stream: BinaryIO) -> bytes | None:
 
 
 def main() -> None:
-    from clip_service.preprocess import PreprocessConfig, build_preprocessor
+    from clip_service.models.preprocess import PreprocessConfig, build_preprocessor
 
     stdin, stdout = sys.stdin.buffer, sys.stdout
     config = json.loads(_read_frame(stdin))

@@ -1,7 +1,7 @@
 """Full-size random-weight ViT-B-32 CLIP and BLIP-base models in their real on-disk formats.
 
 Speed does not depend on weight values, so these stand in for the real checkpoints (which
-cannot be downloaded here) in the benchmarks. Same layout as ``clip_service.tiny_models``
+cannot be downloaded here) in the benchmarks. Same layout as ``clip_service.testing.tiny_models``
 (whose helpers this reuses), so every benchmark takes either:
 
 * ``open-clip/``: open_clip local-dir format (``open_clip_config.json`` +
@@ -44,7 +44,7 @@ from transformers import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clip_service.tiny_models import (
+from clip_service.testing.tiny_models import (
     _CONTEXT_LENGTH,
     _LOGIT_SCALE,
     _OPENAI_MEAN,

@@ -66,9 +66,9 @@ from benchmarks.common import (
 from benchmarks.interrogation_modes import LIBRARY_MODEL_NAME, MODES, library_interrogator
 from benchmarks.serving_core import in_process_latency
 from benchmarks.serving_throughput import TEXT, ceiling, embedding_dim, make_jpeg
-from clip_service.image_runtime import min_cosine
-from clip_service.images import decode_image
-from clip_service.preprocess import build_preprocessor
+from clip_service.inputs.images import decode_image
+from clip_service.models.image_runtime import min_cosine
+from clip_service.models.preprocess import build_preprocessor
 from tests.conftest import free_port, make_image, write_library_cache
 
 MIN_COSINE = 0.999

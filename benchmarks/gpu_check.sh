@@ -80,7 +80,7 @@ start=$SECONDS
 if [ "$mode" = dry-run ]; then
     MODELS="$MODELS-tiny"
     echo "=== tiny models into $MODELS"
-    "$PY" -m clip_service.tiny_models "$MODELS" || exit 3
+    "$PY" -m clip_service.testing.tiny_models "$MODELS" || exit 3
     args=(--dry-run)
 else
     echo "=== full-size random-weight models into $MODELS"

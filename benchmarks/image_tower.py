@@ -24,12 +24,12 @@ import onnxruntime
 import open_clip
 import torch
 
-from clip_service.clip_model import ClipModel, load_clip_model
+from clip_service.models.clip import ClipModel, load_clip_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cpu_name
-from clip_service.image_runtime import min_cosine
-from clip_service.specs import ClipSpec
+from clip_service.models.image_runtime import min_cosine
+from clip_service.models.specs import ClipSpec
 
 TEXTS = [
     "a photo of a cat",

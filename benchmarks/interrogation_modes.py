@@ -9,7 +9,7 @@ timings are warm medians.
     python benchmarks/interrogation_modes.py --models /work/bench-models \
         --label-tables seeded --max-flavors 2 --repeat 1          # full size, bounded
 
-Without --models, tiny random-weight models are generated (see clip_service.tiny_models);
+Without --models, tiny random-weight models are generated (see clip_service.testing.tiny_models);
 ``benchmarks/full_size_models.py`` writes full-size ViT-B-32 + BLIP-base ones.
 
 Bounding the full-size run: the library encodes every chain candidate at 77 tokens, ~2,048
@@ -54,7 +54,7 @@ from benchmarks.common import (
     wait_for_tables,
     write_results,
 )
-from clip_service.tiny_models import make_all
+from clip_service.testing.tiny_models import make_all
 from tests.conftest import free_port, make_image, write_library_cache
 
 MODES = ("fast", "classic", "negative", "best")

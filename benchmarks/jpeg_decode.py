@@ -28,9 +28,9 @@ from transformers import CLIPImageProcessor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cpu_name
-from clip_service.image_runtime import min_cosine
-from clip_service.images import decode_image
-from clip_service.preprocess import PreprocessConfig, build_preprocessor
+from clip_service.inputs.images import decode_image
+from clip_service.models.image_runtime import min_cosine
+from clip_service.models.preprocess import PreprocessConfig, build_preprocessor
 
 SIZES = {"12 MP": (4000, 3000), "1080p": (1920, 1080)}
 # Drafting targets as multiples of the 224 px model input; None is the full decode.

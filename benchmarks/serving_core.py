@@ -24,7 +24,7 @@ requests one after another at once and again ``--later-s`` later.
         [--server-env KEY=VAL ...] [--out FILE]
 
 ``--models`` holds ``hf-clip/`` and ``blip/`` (``benchmarks/full_size_models.py``, or
-``python -m clip_service.tiny_models DIR`` for a quick smoke run).
+``python -m clip_service.testing.tiny_models DIR`` for a quick smoke run).
 """
 
 from __future__ import annotations

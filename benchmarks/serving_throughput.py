@@ -56,9 +56,9 @@ from benchmarks.common import (
     versions,
     write_results,
 )
-from clip_service.clip_model import ClipModel
-from clip_service.images import decode_image
-from clip_service.preprocess import build_preprocessor
+from clip_service.inputs.images import decode_image
+from clip_service.models.clip import ClipModel
+from clip_service.models.preprocess import build_preprocessor
 from tests.conftest import free_port
 
 HERE = Path(__file__).resolve().parent

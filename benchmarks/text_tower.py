@@ -2,7 +2,7 @@
 
 Full-size ViT-B-32 with random weights (open_clip's ``create_model('ViT-B-32')``, no
 pretrained tag; speed does not depend on weight values), fp32 on CPU, through the service's
-own :class:`clip_service.backends.open_clip_backend.OpenClipModel`:
+own :class:`clip_service.models.backends.open_clip_backend.OpenClipModel`:
 
 * label-like texts (clip-interrogator flavors) per second, every text padded to the 77-token
   context (open_clip's ``encode_text``) vs padded to the batch's longest (the default);
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clip_service.backends.open_clip_backend import OpenClipModel
-from clip_service.image_runtime import min_cosine
 from clip_service.interrogation.labels import read_label_tables
-from clip_service.specs import ClipSpec
+from clip_service.models.backends.open_clip_backend import OpenClipModel
+from clip_service.models.image_runtime import min_cosine
+from clip_service.models.specs import ClipSpec
 
 CAPTION = "a painting of a lighthouse on a rocky coast at sunset with seagulls"
 

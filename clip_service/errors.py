@@ -1,4 +1,10 @@
-"""The one error shape: every 4xx body is ``{"error": "<field>: <problem>", ...}``."""
+"""How a request can fail, as plain exceptions, and the one error shape they are answered in:
+``{"error": "<field>: <problem>"}``.
+
+The layers below the server (inputs, models, interrogation) raise these; the server turns
+each into its answer (a route's guard, :mod:`clip_service.server.guard`, or a middleware),
+so no layer below it needs to know HTTP.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,23 @@ from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from bentoml.exceptions import BentoMLException
-
 _MAX_REPORTED = 5  # validation errors named in one message
 
 
-class InvalidInput(BentoMLException):
+class RequestError(Exception):
+    """Ends a request with ``status``, ``{"error": <message>}`` and ``headers``."""
+
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+
+    def __init__(self, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = dict(headers or {})
+
+
+class InvalidInput(RequestError):
     """Bad client input; ``field`` is the JSON path or form field it concerns."""
 
-    error_code = HTTPStatus.BAD_REQUEST
+    status = HTTPStatus.BAD_REQUEST
 
     def __init__(self, field: str, problem: str) -> None:
         self.field, self.problem = field, problem
@@ -22,11 +36,26 @@ class InvalidInput(BentoMLException):
 
 
 class PayloadTooLarge(InvalidInput):
-    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
 class UnsupportedMediaType(InvalidInput):
-    error_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+
+
+class Unavailable(RequestError):
+    """Temporarily unable to serve (busy, or still preparing): retry after ``retry_after_s``."""
+
+    status = HTTPStatus.SERVICE_UNAVAILABLE
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message, {"Retry-After": str(max(1, int(retry_after_s)))})
+
+
+class NotServed(RequestError):
+    """This deployment does not serve the route (e.g. ``CAPTION_MODEL=none``)."""
+
+    status = HTTPStatus.NOT_IMPLEMENTED
 
 
 def error_body(message: str, **extra: Any) -> dict[str, Any]:
@@ -39,9 +68,12 @@ def normalize_error_body(body: Any) -> dict[str, Any]:
     BentoML answers an ``InvalidArgument`` with ``[{"error": ...}]`` and a pydantic
     failure with ``{"error": "1 validation error for ...", "detail": [...]}``, whose message
     names no field; the validation errors, each naming its field, become the message.
+    FastAPI answers ``{"detail": "Not Found"}``.
     """
     if isinstance(body, list) and len(body) == 1 and isinstance(body[0], Mapping):
         body = body[0]
+    if isinstance(body, Mapping) and "error" not in body and isinstance(body.get("detail"), str):
+        return error_body(body["detail"])  # FastAPI's and Starlette's own errors
     if not isinstance(body, Mapping) or "error" not in body:
         return error_body(str(body))
     details = body.get("detail")

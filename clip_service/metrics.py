@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from .scheduling import Priority
+from clip_service.scheduling import Priority
 
 # Seconds: a few ms (a lone text) up to the 60 s wait budget and past it.
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

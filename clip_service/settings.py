@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .precision import PrecisionSetting, RuntimeSetting
-from .url_fetch import UrlPolicy
+from clip_service.inputs.url_fetch import UrlPolicy
+from clip_service.models.precision import PrecisionSetting, RuntimeSetting
 
 # An API key: what an Authorization or X-API-Key header can carry, less the comma that
 # separates keys in API_KEYS.

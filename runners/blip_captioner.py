@@ -10,14 +10,14 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.captioning import (
+from clip_service.engines.caption_engine import CaptionEngine
+from clip_service.metrics import SchedulerMetrics
+from clip_service.models.captioning import (
     Captioner,
     CaptionerInfo,
     CaptionPreprocessor,
     GenerationSettings,
 )
-from clip_service.engines.caption_engine import CaptionEngine
-from clip_service.metrics import SchedulerMetrics
 from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
 from runners.model_service import (

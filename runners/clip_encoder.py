@@ -12,16 +12,16 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.clip_model import ModelInfo, load_configured_clip_model, pick_device
 from clip_service.engines.clip_engine import Analysis, ClipEngine, EngineLimits, Interrogation
-from clip_service.hub import fetch_clip_files
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import SchedulerMetrics
-from clip_service.precision import plan
+from clip_service.models.clip import ModelInfo, load_configured_clip_model, pick_device
+from clip_service.models.hub import fetch_clip_files
+from clip_service.models.precision import plan
+from clip_service.models.specs import parse_clip_spec
 from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
-from clip_service.specs import parse_clip_spec
 from runners.model_service import (
     answer_overload_with_429,
     drain_on_sigterm,

@@ -9,11 +9,11 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 
-from clip_service.clip_model import ModelUnavailableError
-from clip_service.draining import GracefulShutdown
+from clip_service.models.clip import ModelUnavailableError
+from clip_service.models.specs import ModelSpecError
 from clip_service.scheduling import Overloaded
+from clip_service.server.draining import GracefulShutdown
 from clip_service.settings import get_settings
-from clip_service.specs import ModelSpecError
 
 # BentoML recycles dependency connections every 100 requests / 300 s by default and kills
 # calls in flight when it does (HTTP 500 under load); effectively never recycle.
@@ -58,7 +58,6 @@ def drain_on_sigterm(service: Any) -> None:
     settings = get_settings()
     service.add_asgi_middleware(
         GracefulShutdown,
-        role="model",
         quiet_s=settings.shutdown_quiet_s,
         max_drain_s=settings.request_timeout_s + settings.shutdown_quiet_s,
     )

@@ -26,7 +26,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from clip_service.tiny_models import make_all
+from clip_service.testing.tiny_models import make_all
 
 REPO = Path(__file__).resolve().parents[1]
 

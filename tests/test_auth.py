@@ -1,4 +1,5 @@
-"""API keys without servers: the middleware, the settings that feed it, the start-up warning."""
+"""API keys without servers: the access control middleware, the settings that feed it, the
+start-up warning."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
-from clip_service import auth
-from clip_service.auth import ApiKeys, warn_if_open
+from clip_service.server import auth
+from clip_service.server.auth import ApiKeys, warn_if_open
+from clip_service.server.middleware import AccessControl
 from clip_service.settings import Settings
 
 KEYS = ("key-one", "key-two", "key-three")
@@ -33,8 +35,8 @@ APP = Starlette(
 
 
 def client(public_metrics: bool = False, public_docs: bool = False) -> TestClient:
-    app = ApiKeys(APP, KEYS, public_metrics=public_metrics, public_docs=public_docs)
-    return TestClient(app)
+    keys = ApiKeys(KEYS, public_metrics=public_metrics, public_docs=public_docs)
+    return TestClient(AccessControl(APP, origins=(), keys=keys, expose=()))
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,7 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
         return a == b
 
     monkeypatch.setattr(auth.hmac, "compare_digest", recording)
-    keys = ApiKeys(APP, KEYS, public_metrics=False, public_docs=False)
+    keys = ApiKeys(KEYS, public_metrics=False, public_docs=False)
     for given, accepted in [(["key-one"], True), (["nope"], False), (["nope", "key-two"], True)]:
         calls.clear()
         assert keys.accepts(given) is accepted

@@ -75,9 +75,9 @@ def test_bentofiles_pin_pyproject():
 
 def test_cli_build_sets_the_models(tiny_models, tmp_path):
     clip, blip = tiny_models["hf-clip"], tiny_models["blip"]
-    command = [sys.executable, "-m", "clip_service.cli", "build", "--model-name", str(clip)]
+    command = [sys.executable, "-m", "clip_service.cli.main", "build", "--model-name", str(clip)]
     bento = build([*command, "--caption-model", str(blip)], tmp_path)
     envs = bento_envs(bento)
     assert envs["CLIP_MODEL"] == str(clip) and envs["CAPTION_MODEL"] == str(blip)
     assert "LABEL_CACHE_DIR" not in envs and not (bento / "src/label-cache").exists()
-    assert (bento / "src/clip_service/cli.py").is_file()
+    assert (bento / "src/clip_service/cli/main.py").is_file()

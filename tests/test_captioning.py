@@ -16,14 +16,14 @@ from clip_interrogator.clip_interrogator import CAPTION_MODELS
 from PIL import Image
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
-from clip_service.captioning import (
+from clip_service.models.captioning import (
     Captioner,
     CaptionPreprocessor,
     GenerationSettings,
     ModelUnavailableError,
     resolve_caption_model,
 )
-from clip_service.specs import ModelSpecError
+from clip_service.models.specs import ModelSpecError
 
 
 def _images() -> list[Image.Image]:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from clip_service.cli import main
+from clip_service.cli.main import main
 from tests.conftest import REPO, b64, free_port, image_bytes, make_image, serve_env
 
 pytestmark = pytest.mark.served
@@ -60,7 +60,7 @@ def server(spec, tiny_models, warm_dir, home) -> Iterator[str]:
     """`clip-service serve` with the warmed label caches."""
     port = free_port()
     log = (home / "cli-serve.log").open("wb")
-    command = [sys.executable, "-m", "clip_service.cli", "serve", "--model-name", spec]
+    command = [sys.executable, "-m", "clip_service.cli.main", "serve", "--model-name", spec]
     command += ["--caption-model", tiny_models["blip"], "--label-cache-dir", warm_dir]
     command += ["--host", "127.0.0.1", "--port", port]
     process = subprocess.Popen(
@@ -167,7 +167,7 @@ def test_list_models():
 def test_build_ships_the_label_cache(spec, tiny_models, warm_dir, tmp_path):
     args = ["build", "--model-name", spec, "--caption-model", tiny_models["blip"]]
     args += ["--with-label-cache", "--label-cache-dir", warm_dir]
-    command = [sys.executable, "-m", "clip_service.cli", *map(str, args)]
+    command = [sys.executable, "-m", "clip_service.cli.main", *map(str, args)]
     result = subprocess.run(
         command, cwd=REPO, env=serve_env(tmp_path), capture_output=True, text=True, timeout=600
     )

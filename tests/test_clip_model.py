@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from clip_service.backends.open_clip_backend import OpenClipModel
-from clip_service.clip_model import ClipModel, load_clip_model
-from clip_service.specs import parse_clip_spec
-from clip_service.text_prefix import (
+from clip_service.models.backends.open_clip_backend import OpenClipModel
+from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.specs import parse_clip_spec
+from clip_service.models.text_prefix import (
     PrefixCache,
     PrefixedRows,
     encode_sharing_prefix,

@@ -26,10 +26,11 @@ def test_several_validation_errors_are_all_named_up_to_five():
 
 def test_other_bodies_become_the_shape():
     assert normalize_error_body("plain text") == {"error": "plain text"}
-    assert normalize_error_body({"detail": "x"}) == {"error": "{'detail': 'x'}"}
+    assert normalize_error_body({"detail": "Not Found"}) == {"error": "Not Found"}  # FastAPI's
+    assert normalize_error_body({"detail": ["x"]}) == {"error": "{'detail': ['x']}"}
 
 
 def test_invalid_input_message_and_status():
     exc = InvalidInput("items[0].img_blob", "not valid base64")
     assert str(exc) == "items[0].img_blob: not valid base64"
-    assert exc.error_code == 400
+    assert exc.status == 400

@@ -33,7 +33,7 @@ from PIL import Image
 
 from benchmarks import image_memory
 from benchmarks.decode_worker import DecodeWorker
-from clip_service.images import MAX_ASPECT_RATIO
+from clip_service.inputs.images import MAX_ASPECT_RATIO
 from tests.image_seeds import SIZE, seeds
 
 MAX_PIXELS = 4_000_000  # small, so that a header at the limit costs little to test

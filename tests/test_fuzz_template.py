@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS, parse_template
 from clip_service.errors import InvalidInput
+from clip_service.server.classify import DEFAULT_TEMPLATE, LABEL_SETS, parse_template
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60")) * 50  # cheap: no I/O
 

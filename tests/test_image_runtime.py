@@ -8,10 +8,10 @@ import httpx
 import numpy as np
 import pytest
 
-from clip_service import image_runtime
-from clip_service.clip_model import ClipModel, load_clip_model
-from clip_service.image_runtime import min_cosine
-from clip_service.specs import parse_clip_spec
+from clip_service.models import image_runtime
+from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.image_runtime import min_cosine
+from clip_service.models.specs import parse_clip_spec
 
 BACKENDS = ["open-clip", "hf-clip"]
 
@@ -74,7 +74,7 @@ def test_corrupted_cache_file_is_rebuilt(tiny_models, tmp_path, pixels):
 
 def test_graph_that_does_not_match_falls_back_to_torch(tiny_models, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(image_runtime.MIN_COSINE, "fp32", 1.5)  # no graph can pass
-    with caplog.at_level(logging.WARNING, logger="clip_service.image_runtime"):
+    with caplog.at_level(logging.WARNING, logger="clip_service.models.image_runtime"):
         model = _load(tiny_models, "hf-clip", tmp_path)
     assert model.info().image_runtime == "torch"
     assert "image tower runs in eager torch" in caplog.text

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, features
 
 from clip_service.errors import InvalidInput, PayloadTooLarge
-from clip_service.images import MAX_ASPECT_RATIO, decode_base64, decode_image
+from clip_service.inputs.images import MAX_ASPECT_RATIO, decode_base64, decode_image
 from tests.conftest import image_bytes, make_image
 from tests.image_seeds import READ_ONLY, WRITTEN
 

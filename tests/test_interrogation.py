@@ -37,7 +37,6 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
-from clip_service.clip_model import ClipModel, load_clip_model
 from clip_service.interrogation import (
     ANALYZE_TABLES,
     Interrogator,
@@ -48,8 +47,9 @@ from clip_service.interrogation import (
     read_label_tables,
 )
 from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES, package_data_dir
-from clip_service.specs import parse_clip_spec
-from clip_service.tiny_models import make_blip, make_open_clip
+from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.specs import parse_clip_spec
+from clip_service.testing.tiny_models import make_blip, make_open_clip
 from tests.conftest import write_library_cache
 
 pytestmark = pytest.mark.filterwarnings(

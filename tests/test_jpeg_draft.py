@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from clip_service.clip_model import ModelInfo
-from clip_service.encoding import ItemEncoder
-from clip_service.images import decode_image
-from clip_service.preprocess import PreprocessConfig, build_preprocessor
+from clip_service.inputs.images import decode_image
+from clip_service.models.clip import ModelInfo
+from clip_service.models.preprocess import PreprocessConfig, build_preprocessor
+from clip_service.server.encoding import ItemEncoder
 from clip_service.settings import Settings
 from tests.conftest import image_bytes
 

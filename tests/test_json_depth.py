@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from clip_service import json_depth
-from clip_service.json_depth import exceeds_depth
+from clip_service.inputs import json_depth
+from clip_service.inputs.json_depth import exceeds_depth
 
 
 def nested(depth: int, kind: str = "[") -> bytes:

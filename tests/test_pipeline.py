@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from clip_service.engines.clip_engine import Analysis, Interrogation
+from clip_service.errors import Unavailable
 from clip_service.interrogation import Mode
-from clip_service.interrogation.pipeline import InterrogationPipeline
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.scheduling import Priority
-from clip_service.service_errors import Unavailable
+from clip_service.server.interrogation import InterrogationPipeline
 
 READY = TablesStatus(state="ready", labels_done=10, labels_total=10, origins={"flavors": "hub"})
 BUILDING = TablesStatus(state="building", labels_done=2, labels_total=10, encoding=True, eta_s=900)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clip_service.clip_model import load_clip_model
-from clip_service.image_runtime import min_cosine
-from clip_service.precision import PrecisionError, plan
-from clip_service.specs import parse_clip_spec
+from clip_service.models.clip import load_clip_model
+from clip_service.models.image_runtime import min_cosine
+from clip_service.models.precision import PrecisionError, plan
+from clip_service.models.specs import parse_clip_spec
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 TEXTS = ["a photo of a cat", "a diagram", "an oil painting of a harbour at night"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clip_service.ranking import l2_normalize, rank
+from clip_service.models.ranking import l2_normalize, rank
 
 
 def test_rank_is_clip_softmax_over_candidates():

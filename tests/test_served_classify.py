@@ -8,7 +8,7 @@ import httpx
 import numpy as np
 import pytest
 
-from clip_service.classify import DEFAULT_TEMPLATE, LABEL_SETS
+from clip_service.server.classify import DEFAULT_TEMPLATE, LABEL_SETS
 from tests.conftest import b64, image_bytes, make_image
 
 pytestmark = pytest.mark.served

@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from clip_service.errors import InvalidInput
-from clip_service.openai_embeddings import to_item
+from clip_service.server.openai_embeddings import to_item
 from clip_service.settings import get_settings
 from tests.conftest import b64, image_bytes, make_image
 

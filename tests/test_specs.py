@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from clip_service.specs import ModelSpecError, parse_clip_spec
+from clip_service.models.specs import ModelSpecError, parse_clip_spec
 
 
 @pytest.mark.parametrize(

@@ -21,8 +21,8 @@ from transformers import (
     CLIPTokenizer,
 )
 
-from clip_service import tiny_models
-from clip_service.tiny_models import make_all, make_blip, make_hf_clip, make_open_clip
+from clip_service.testing import tiny_models
+from clip_service.testing.tiny_models import make_all, make_blip, make_hf_clip, make_open_clip
 
 MAKERS = {"hf-clip": make_hf_clip, "open-clip": make_open_clip, "blip": make_blip}
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -1,18 +1,20 @@
-"""clip_service.upstream without servers: retry, 503 mapping, Retry-After and readiness."""
+"""clip_service.server.upstream without servers: retry, 503 mapping (a model service's 429
+included), readiness; and shared computations that outlive the callers who give up."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import pytest
-from bentoml.exceptions import ServiceUnavailable
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
-from starlette.testclient import TestClient
+from bentoml.exceptions import BentoMLException
 
-from clip_service.upstream import RETRY_AFTER_S, Guarded, RetryAfter, dependencies_ready
+from clip_service.errors import Unavailable
+from clip_service.scheduling import Overloaded
+from clip_service.server.guard import RETRY_AFTER_S
+from clip_service.server.once import Once
+from clip_service.server.upstream import Guarded, busy, dependencies_ready
 
 
 class FakeClient:
@@ -48,38 +50,15 @@ def test_a_stale_connection_is_retried_once():
 )
 def test_an_unreachable_service_is_a_503(failures):
     client = FakeClient(failures)
-    with pytest.raises(ServiceUnavailable, match=r"^Enc: ") as raised:
+    with pytest.raises(Unavailable, match=r"^service unavailable: Enc is unreachable") as raised:
         asyncio.run(Guarded(client, "Enc").encode(3))
-    assert raised.value.error_code == 503
+    assert raised.value.status == 503
+    assert raised.value.headers == {"Retry-After": str(RETRY_AFTER_S)}
 
 
 def test_other_attributes_pass_through():
     client = FakeClient([])
     assert Guarded(client, "Enc").endpoints is client.endpoints
-
-
-def _app() -> TestClient:
-    generic = {"error": "An unexpected error has occurred, please check the server log."}
-    routes = [
-        Route("/generic", lambda r: JSONResponse(generic, status_code=503)),
-        Route("/named", lambda r: JSONResponse({"error": "queue full"}, status_code=503)),
-        Route("/plain", lambda r: PlainTextResponse("not ready", status_code=503)),
-        Route("/fine", lambda r: JSONResponse({"ok": 1})),
-    ]
-    return TestClient(RetryAfter(Starlette(routes=routes)))
-
-
-def test_every_503_carries_retry_after_and_a_message():
-    client = _app()
-    for path in ("/generic", "/named", "/plain"):
-        response = client.get(path)
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == str(RETRY_AFTER_S)
-        assert response.json()["error"], path
-    assert client.get("/generic").json()["error"].startswith("service unavailable")
-    assert client.get("/named").json() == {"error": "queue full"}
-    fine = client.get("/fine")
-    assert fine.json() == {"ok": 1} and "retry-after" not in fine.headers
 
 
 class Probe:
@@ -106,3 +85,55 @@ class Probe:
 def test_readiness_needs_every_dependency_in_time(answers, ready):
     dependencies = [a if type(a) is object else Probe(a) for a in answers]
     assert asyncio.run(dependencies_ready(dependencies, timeout_s=0.2)) is ready
+
+
+class BusyClient:
+    """A dependency client whose service answers 429 the way BentoML relays it."""
+
+    def __init__(self, status: int) -> None:
+        self.endpoints = {"encode_texts": None}
+        self.status = status
+
+    def encode_texts(self) -> object:
+        async def call() -> None:
+            body = json.dumps([{"error": str(Overloaded(12.3))}])
+            raise BentoMLException(body, error_code=self.status)
+
+        return call()
+
+
+def test_a_model_services_429_is_the_entrys_503_with_its_retry_after() -> None:
+    with pytest.raises(Unavailable) as caught:
+        asyncio.run(Guarded(BusyClient(429), "ClipEncoder").encode_texts())
+    assert caught.value.headers == {"Retry-After": "13"}
+    assert str(caught.value).startswith("busy: ClipEncoder has about 12.3 s of queued work")
+    with pytest.raises(BentoMLException):  # other errors pass through unchanged
+        asyncio.run(Guarded(BusyClient(400), "ClipEncoder").encode_texts())
+
+
+def test_busy_without_a_readable_message_still_says_when_to_retry() -> None:
+    unavailable = busy("BlipCaptioner", BentoMLException("garbled", error_code=429))
+    assert unavailable.headers == {"Retry-After": "5"} and "garbled" in str(unavailable)
+
+
+def test_a_shared_computation_survives_a_caller_that_gives_up() -> None:
+    async def scenario() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+        runs = []
+
+        async def compute() -> str:
+            runs.append(1)
+            started.set()
+            await release.wait()
+            return "value"
+
+        once = Once(compute)
+        impatient = asyncio.create_task(asyncio.wait_for(once, 0.01))
+        await started.wait()
+        with pytest.raises(TimeoutError):
+            await impatient
+        release.set()
+        assert await once == "value"
+        assert runs == [1]  # the same computation finished: not restarted
+
+    asyncio.run(scenario())

@@ -23,9 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from clip_service import url_fetch
 from clip_service.errors import InvalidInput, PayloadTooLarge
-from clip_service.url_fetch import UrlPolicy, fetch_image_url
+from clip_service.inputs import url_fetch
+from clip_service.inputs.url_fetch import UrlPolicy, fetch_image_url
 from tests.conftest import image_bytes, make_image
 
 IMAGE = image_bytes(make_image(7, (32, 24)))

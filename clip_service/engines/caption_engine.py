@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..captioning import Captioner, CaptionerInfo
-from ..scheduling import Method, Priority, Scheduler, SchedulerObserver
+from clip_service.models.captioning import Captioner, CaptionerInfo
+from clip_service.scheduling import Method, Priority, Scheduler, SchedulerObserver
 
 
 class CaptionEngine:

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from ..clip_model import ClipModel, ModelInfo
-from ..interrogation.hub_tables import published_tables
-from ..interrogation.interrogator import Interrogator, Mode
-from ..interrogation.label_cache import LabelCache, LabelTables
-from ..interrogation.labels import read_label_tables
-from ..interrogation.table_build import TableBuild, TablesStatus
-from ..scheduling import Method, Priority, Scheduler, SchedulerObserver
+from clip_service.interrogation.hub_tables import published_tables
+from clip_service.interrogation.interrogator import Interrogator, Mode
+from clip_service.interrogation.label_cache import LabelCache, LabelTables
+from clip_service.interrogation.labels import read_label_tables
+from clip_service.interrogation.table_build import TableBuild, TablesStatus
+from clip_service.models.clip import ClipModel, ModelInfo
+from clip_service.scheduling import Method, Priority, Scheduler, SchedulerObserver
 
 # A chain step's prompts share one prefix and run as one job, sliced by time: no other
 # bound is needed (the prefix path bounds its activations itself).

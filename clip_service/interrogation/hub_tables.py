@@ -32,7 +32,7 @@ from safetensors.numpy import load_file
 
 from clip_service.interrogation.label_cache import FetchTable
 from clip_service.interrogation.labels import LabelTable
-from clip_service.specs import parse_clip_spec
+from clip_service.models.specs import parse_clip_spec
 
 __all__ = ["REPO_ID", "REVISION", "fetch_table", "published_name", "published_tables"]
 
@@ -50,7 +50,7 @@ def published_name(clip_spec: str) -> str | None:
     The library sanitises its ``clip_model_name`` (``ARCH/tag``) with ``/`` and ``@`` -> ``_``.
     Only open_clip architecture + pretrained tags have such a name: HF repos, ``hf-hub:`` and
     local directories are not models the library can load by name, so it never published any.
-    Raises :class:`~clip_service.specs.ModelSpecError` for a spec that names no model.
+    Raises :class:`~clip_service.models.specs.ModelSpecError` for a spec that names no model.
     """
     spec = parse_clip_spec(clip_spec)
     if spec.backend != "open_clip" or spec.pretrained is None:

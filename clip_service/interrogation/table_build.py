@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
-from .label_cache import LabelCache, LabelTables, TableEmbeddings
-from .labels import LabelTable
+from clip_service.interrogation.label_cache import LabelCache, LabelTables, TableEmbeddings
+from clip_service.interrogation.labels import LabelTable
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class TablesStatus(BaseModel):
             return True
         return self.eta_s is not None and self.eta_s <= seconds
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def progress(self) -> str:
         """E.g. ``"41,000 of 111,908 labels embedded (37%), about 9 min left"``."""

@@ -7,7 +7,7 @@ most urgent class, and cuts bulk work into slices whose measured model time stay
 bound, so an interactive request waits at most one slice.
 """
 
-from .jobs import Job, Method, Priority
-from .scheduler import Overloaded, Scheduler, SchedulerObserver
+from clip_service.scheduling.jobs import Job, Method, Priority
+from clip_service.scheduling.scheduler import Overloaded, Scheduler, SchedulerObserver
 
 __all__ = ["Job", "Method", "Overloaded", "Priority", "Scheduler", "SchedulerObserver"]

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from .jobs import Batch, Job, JobQueues, Method, Priority
+from clip_service.scheduling.jobs import Batch, Job, JobQueues, Method, Priority
 
 # Interactive traffic this recent keeps bulk slices short; without it, they are this many
 # times longer (fewer, larger batches: a label-table build on a CPU runs ~1.5x faster).

@@ -1,1 +1,0 @@
-"""Adapters from each CLIP library to :class:`clip_service.clip_model.ClipModel`."""

@@ -1,0 +1,1 @@
+"""Adapters from each CLIP library to :class:`clip_service.models.clip.ClipModel`."""

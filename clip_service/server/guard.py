@@ -1,0 +1,66 @@
+"""Every route's guard: its deadline, the in-flight limit and its errors, answered in the
+project's error shape.
+
+BentoML replaces the message of every 5xx a route raises with a generic one, and answers its
+own timeout (504) and ``max_concurrency`` (429) outside every middleware (so without CORS
+headers, the error shape or a ``Retry-After``). Each route is therefore wrapped by a
+:class:`RouteGuard`, which answers for it:
+
+* a :class:`~clip_service.errors.RequestError` it raises (400, 413, 501, 503, ...) as that
+  error's status, message and headers;
+* past ``REQUEST_TIMEOUT_S``, 504 with ``Retry-After`` (the route is cancelled);
+* with ``MAX_CONCURRENCY`` requests already in its routes, 429 with ``Retry-After``.
+
+BentoML's own timeout stays configured a few seconds longer, as a backstop this one beats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec
+
+from starlette.responses import JSONResponse
+
+from clip_service.errors import RequestError, error_body
+
+P = ParamSpec("P")
+
+# Seconds a client is told to wait after a 429 or 504, or a model service's outage.
+RETRY_AFTER_S = 5
+
+
+class RouteGuard:
+    """Decorates routes (``@guard``); one instance holds the in-flight count of them all."""
+
+    def __init__(self, timeout_s: float, max_concurrency: int = 0) -> None:
+        self.timeout_s, self.max_concurrency = timeout_s, max_concurrency
+        self.in_flight = 0
+
+    def __call__(self, route: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]:
+        @functools.wraps(route)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if self.max_concurrency and self.in_flight >= self.max_concurrency:
+                return _refused(429, f"too many requests: {self.max_concurrency} already in flight")
+            self.in_flight += 1
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    return await route(*args, **kwargs)
+            except TimeoutError:
+                return _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
+            except RequestError as exc:
+                return error_response(exc)
+            finally:
+                self.in_flight -= 1
+
+        return guarded
+
+
+def error_response(exc: RequestError) -> JSONResponse:
+    return JSONResponse(error_body(str(exc)), exc.status, headers=exc.headers)
+
+
+def _refused(status: int, message: str) -> JSONResponse:
+    body = error_body(f"{message}; retry after {RETRY_AFTER_S} s")
+    return JSONResponse(body, status, headers={"Retry-After": str(RETRY_AFTER_S)})

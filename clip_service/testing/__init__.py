@@ -1,0 +1,1 @@
+"""Test and demo helpers, outside the serving path: tiny random-weight models."""
