@@ -2,7 +2,7 @@
 
 ``bentoml serve`` starts every worker with ``PROMETHEUS_MULTIPROC_DIR`` set, so these
 ``prometheus_client`` metrics write to the shared multiprocess files and the entry
-service's ``/metrics`` reports them for all services (README, "Metrics").
+service's ``/metrics`` reports them for all services (docs/operations.md, "Metrics").
 
 Queue wait, batch size and batch time come from each model service's scheduler
 (:class:`SchedulerMetrics`), per method and priority class.

@@ -1,6 +1,6 @@
 """Server settings, read once from the environment (names are the upper-case field names).
 
-Every setting is documented in the README ("Settings"); the defaults are safe for a
+Every setting is documented in docs/configuration.md; the defaults are safe for a
 public deployment on a small CPU machine.
 """
 
@@ -28,20 +28,21 @@ class Settings(BaseSettings):
     clip_model: str = "ViT-B-32:openai"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Text tower only up to each batch's longest text, and chain steps' shared prefix run
-    # once; false: every text through the whole context, as the libraries do (README).
+    # once; false: every text through the whole context, as the libraries do.
     trim_text_padding: bool = True
-    # Numerics and kernels of the CLIP towers (README, "Precision and image runtime"):
+    # Numerics and kernels of the CLIP towers (docs/configuration.md, "Precision and runtime"):
     # fp32 on CPU / fp16 on CUDA by default; bf16 and int8 are opt-in approximations.
     clip_precision: PrecisionSetting = "auto"
     # auto: ONNX Runtime for the image tower on CPU when it matches eager torch, else torch.
     image_runtime: RuntimeSetting = "auto"
     onnx_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "onnx"
     # Decode JPEGs at reduced scale (>= 2x the model input) before resizing: much faster for
-    # large photos, embeddings change slightly (README, "JPEG draft decoding").
+    # large photos, embeddings change slightly (docs/configuration.md).
     jpeg_draft: bool = False
 
-    # The model services' schedulers (README, "Scheduling"). An idle model starts a request
-    # at once; requests that arrive meanwhile form the next batch, up to these sizes.
+    # The model services' schedulers (docs/architecture.md, "The scheduler"). An idle model
+    # starts a request at once; requests that arrive meanwhile form the next batch, up to
+    # these sizes.
     image_max_batch_size: int = Field(32, ge=1)
     text_max_batch_size: int = Field(256, ge=1)
     # Interrogation steps and label-table builds run in slices of about this much model
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
     # Interrogation label-table embeddings, one safetensors file per model and table.
     label_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "label-embeddings"
 
-    # Input limits (README, "Limits").
+    # Input limits (docs/api.md, "Limits").
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_items: int = Field(1024, ge=1)
     max_text_chars: int = Field(4096, ge=1)
@@ -95,7 +96,7 @@ class Settings(BaseSettings):
     # Browser clients: comma-separated origins allowed by CORS ("*" for any; empty: off).
     cors_allow_origins: str = ""
 
-    # Access and abuse (README, "API keys" and "Limits").
+    # Access and abuse (docs/api.md, "API keys" and "Limits").
     # API keys, comma-separated, and/or a file of them (one a line, # comments); none: open.
     api_keys: str = ""
     api_keys_file: Path | None = None

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import bentoml
 import httpx
 import pytest
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
@@ -102,6 +104,19 @@ def test_a_routes_request_errors_are_its_answers() -> None:
     }
     with pytest.raises(ValueError):  # anything else is a bug: BentoML's 500
         asyncio.run(route(ValueError("bug")))
+
+
+def test_a_route_taking_a_context_gives_it_the_errors_status() -> None:
+    """BentoML answers such a route with its context's status (a 200 unless set)."""
+    ctx = bentoml.Context()
+
+    @RouteGuard(timeout_s=10)
+    async def route(ctx: bentoml.Context) -> str:
+        raise InvalidInput("file", "not a readable image")
+
+    with ctx.in_request(Request({"type": "http", "headers": []})):
+        answer = asyncio.run(route(ctx))
+        assert answer.status_code == ctx.response.status_code == 400
 
 
 def test_rank_pairs_are_bounded():

@@ -15,7 +15,7 @@ Notes on the served document (BentoML 1.4 generates it):
   limits) is undeclared, so it is tolerated by the status-code check (the random bodies
   here stay far below the limits anyway).
 * The declared 400 body (BentoML's ``InvalidArgument``) has ``detail: string``, but
-  validation errors keep pydantic's ``detail`` list (README, "Errors"): 4xx bodies are
+  validation errors keep pydantic's ``detail`` list (docs/api.md, "Errors"): 4xx bodies are
   checked against the project's error shape instead, and the mismatch is
   ``test_validation_error_bodies_conform_to_the_served_document``.
 
@@ -64,7 +64,7 @@ HYPOTHESIS = settings(
 
 # Every operation of the served document; a route added or dropped fails
 # `test_the_document_lists_the_service_routes`, so this list (and the fuzzing) stays complete.
-INFRA = ["GET /healthz", "GET /livez", "GET /readyz", "GET /metrics"]
+INFRA = ["GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /model"]
 APIS = [
     "POST /analyze",
     "POST /caption",
@@ -77,6 +77,7 @@ APIS = [
     "POST /vectorize",
     "POST /wearable",
     "POST /v1/embeddings",
+    "POST /embeddings",
 ]
 # Their body is any string (text/plain, binary): no request violates the document, so they
 # have no negative cases (Hypothesis finds none).
@@ -184,7 +185,7 @@ def _inject_images(case, path: str, data: st.DataObject) -> None:
 
 
 def _assert_error_shape(response: requests.Response) -> None:
-    """The README's one 4xx shape: a JSON object whose ``error`` names a field."""
+    """The one 4xx shape (docs/api.md): a JSON object whose ``error`` names a field."""
     body = response.json()
     assert isinstance(body, dict), body
     error = body.get("error")

@@ -2,7 +2,7 @@
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them);
 without them the test fails and says so rather than skipping. ``UI_SCREENSHOT=docs/ui.png``
-also saves the final screenshot there (for the README).
+also saves the final screenshot there (for docs/api.md).
 """
 
 from __future__ import annotations

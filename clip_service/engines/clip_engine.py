@@ -45,7 +45,7 @@ class Analysis(BaseModel):
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """How the scheduler batches and slices (settings, see the README)."""
+    """How the scheduler batches and slices (docs/configuration.md, "Batching")."""
 
     image_max_batch: int
     text_max_batch: int

@@ -89,7 +89,7 @@ def decode_image(
     with. Transparent pixels are composited on white. ``draft_to``: a JPEG is decoded at
     1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: most of the decoding work skipped) while
     both sides stay >= ``draft_to``; pixels then differ slightly from a full decode
-    followed by the same resize (README, "JPEG draft decoding").
+    followed by the same resize (docs/configuration.md).
     """
     if not data:
         raise InvalidInput(field, "empty image")

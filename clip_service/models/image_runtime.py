@@ -1,12 +1,12 @@
 """The CLIP image tower exported to ONNX and run by ONNX Runtime on CPU.
 
-Why: torch's eager CPU kernels leave much of the machine unused for a ViT (on AMD CPUs
-MKL takes its AVX2 path), while ONNX Runtime's fused graph is up to ~2x faster with the
-same numbers (README, "Image runtime"). The export costs seconds to a minute, so it is made
-once per weights and cached on disk, keyed by a hash of the weights and the library
-versions; every load re-checks the cached graph against the eager model on a fixed random
-batch, rebuilds it once if it fails (a corrupted file), and otherwise falls back to eager
-torch with a warning.
+Why: torch's eager CPU kernels leave much of the machine unused for a ViT (on AMD CPUs MKL
+takes its AVX2 path), while ONNX Runtime's fused graph is up to ~2x faster with the same
+numbers (docs/configuration.md, "Precision and runtime"). The export costs seconds to a
+minute, so it is made once per weights and cached on disk, keyed by a hash of the weights
+and the library versions; every load re-checks the cached graph against the eager model on a
+fixed random batch, rebuilds it once if it fails (a corrupted file), and otherwise falls
+back to eager torch with a warning.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Numeric precision and image runtime of the CLIP towers (settings CLIP_PRECISION, IMAGE_RUNTIME).
 
 fp32 on CPU and fp16 on CUDA are the defaults. The faster CPU options are opt-in because
-they change embeddings slightly (README, "Precision"): ``bf16`` converts the weights (not
-``torch.autocast``, which is many times slower on CPU for open_clip's ViT) and ``int8`` runs
-the image tower through ONNX Runtime's dynamic quantisation (the text tower stays fp32).
+they change embeddings slightly (docs/configuration.md, "Precision and runtime"): ``bf16``
+converts the weights (not ``torch.autocast``, which is many times slower on CPU for
+open_clip's ViT) and ``int8`` runs the image tower through ONNX Runtime's dynamic
+quantisation (the text tower stays fp32).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Model specs: one string names a CLIP model, whichever library and wherever it lives.
 
-Accepted forms (README, "Models"):
+Accepted forms (docs/configuration.md, "Model specs"):
 
 * ``ViT-B-32:openai`` / ``ViT-L-14/openai``: an open_clip architecture and pretrained tag;
 * ``hf-hub:org/repo``: an open_clip model on the Hugging Face Hub;

@@ -104,7 +104,7 @@ def warn_if_open(has_keys: bool) -> None:
         logger.warning(
             "WARNING: no API keys set and the server binds %s: anyone who can reach this "
             "port can use every route. Set API_KEYS or API_KEYS_FILE, or bind --host "
-            "127.0.0.1 (README, 'API keys').",
+            "127.0.0.1 (docs/api.md, 'API keys').",
             host,
         )
 

@@ -21,6 +21,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec
 
+import bentoml
 from starlette.responses import JSONResponse
 
 from clip_service.errors import RequestError, error_body
@@ -48,13 +49,23 @@ class RouteGuard:
                 async with asyncio.timeout(self.timeout_s):
                     return await route(*args, **kwargs)
             except TimeoutError:
-                return _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
+                refusal = _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
+                return _for_context(refusal, args, kwargs)
             except RequestError as exc:
-                return error_response(exc)
+                return _for_context(error_response(exc), args, kwargs)
             finally:
                 self.in_flight -= 1
 
         return guarded
+
+
+def _for_context(response: JSONResponse, args: tuple, kwargs: dict) -> JSONResponse:
+    """BentoML gives a route that takes a ``bentoml.Context`` its context's status, not the
+    returned response's: the context must carry the error's status too."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, bentoml.Context):
+            value.response.status_code = response.status_code
+    return response
 
 
 def error_response(exc: RequestError) -> JSONResponse:

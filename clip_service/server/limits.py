@@ -1,4 +1,4 @@
-"""Per-request cost limits that depend on more than one field (README, "Limits").
+"""Per-request cost limits that depend on more than one field (docs/api.md, "Limits").
 
 Single fields are bounded where they are declared (pydantic ``Field`` limits on the route
 parameters); these checks combine fields, and run in the routes before any model work.

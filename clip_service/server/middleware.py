@@ -37,6 +37,9 @@ UNAVAILABLE = (
     f"retry after {RETRY_AFTER_S} s"
 )
 
+# BentoML's own 503 messages: a generic error, and /readyz naming a private method.
+_BENTOML_503S = ("An unexpected error", "Service is not ready")
+
 
 class ResponseShaper:
     """Every answer in the project's shape (see the module docstring). Bodies are buffered
@@ -92,7 +95,7 @@ async def _send_shaped(send: Send, start: Message, raw: bytes) -> None:
         if not any(key.lower() == b"retry-after" for key, _ in headers):
             headers.append((b"retry-after", b"%d" % RETRY_AFTER_S))
         message = str(shaped.get("error", ""))
-        if not message or message.startswith("An unexpected error"):  # BentoML's own 503
+        if not message or message.startswith(_BENTOML_503S):  # says nothing a client can use
             shaped = error_body(UNAVAILABLE)
     await send_json(send, start["status"], shaped, headers)
 

@@ -1,0 +1,180 @@
+"""The entry service in process: the whole HTTP path (middlewares, route bodies, guards,
+forms, error shape, the OpenAI route, classification, interrogation) with the model services
+as local objects running the generated tiny models. No subprocess: this is the fast tier's
+check of the HTTP glue; the served tier repeats it against real `bentoml serve` trees."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from starlette.testclient import TestClient
+
+from tests.conftest import b64, image_bytes, make_image
+
+PNG = image_bytes(make_image(1, (64, 48)))
+
+
+@pytest.fixture(scope="module")
+def client(tiny_models, tmp_path_factory) -> Iterator[TestClient]:
+    """ClipApi's ASGI app with its lifespan run; the encoder's label tables start building
+    as ``bentoml serve`` would start them (its start-up hook)."""
+    home = tmp_path_factory.mktemp("in-process")
+    env = {
+        "CLIP_MODEL": str(tiny_models["hf-clip"]),
+        "CAPTION_MODEL": str(tiny_models["blip"]),
+        "BENTOML_HOME": str(home / "bentoml"),
+        "LABEL_CACHE_DIR": str(home / "labels"),
+        "LABEL_TABLES_DOWNLOAD": "false",
+        "HF_HUB_OFFLINE": "1",
+    }
+    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
+    os.environ.update(env)
+    from clip_service.settings import get_settings
+
+    get_settings.cache_clear()
+    import bentoml
+
+    from service import ClipApi
+
+    try:
+        with TestClient(ClipApi.to_asgi()) as test_client:
+            encoder = bentoml.get_current_service().encoder
+            test_client.portal.call(encoder.start_label_tables)  # on the app's event loop
+            yield test_client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        get_settings.cache_clear()
+        torch.set_num_threads(saved_threads)  # the entry sets one thread for itself
+
+
+def error(response) -> str:
+    assert response.headers["content-type"] == "application/json"
+    return response.json()["error"]
+
+
+def test_encode_texts_and_images_in_input_order(client: TestClient) -> None:
+    items = [{"text": "a cat"}, {"img_blob": b64(PNG)}, {"text": "a dog"}]
+    vectors = np.array(client.post("/encode", json=items).json())
+    assert vectors.shape[0] == 3 and np.isfinite(vectors).all()
+    alone = client.post("/encode", json=[{"text": "a dog"}]).json()
+    np.testing.assert_allclose(vectors[2], alone[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "named"),
+    [
+        ("/encode", [{"text": ""}], "body[0].text"),  # the JSON body itself is the list
+        ("/encode", [{"img_blob": "bm90IGFuIGltYWdl"}], "items[0].img_blob"),
+        ("/rank", {"queries": [{"text": "a"}]}, "candidates"),
+        ("/classify", {"image": {"img_blob": b64(PNG)}}, "labels"),
+        ("/v1/embeddings", {"input": [[1, 2, 3]]}, "input"),
+    ],
+)
+def test_bad_json_bodies_are_a_400_naming_the_field(client, path, body, named) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert error(response).startswith(named)
+
+
+def test_bodies_that_are_not_json_or_nest_too_deep_are_a_400(client: TestClient) -> None:
+    broken = client.post("/encode", content=b"[{", headers={"content-type": "application/json"})
+    assert broken.status_code == 400 and "JSON" in error(broken)
+    deep = client.post("/encode", content=b"[" * 100 + b"]" * 100)
+    assert deep.status_code == 400 and "nest" in error(deep)
+
+
+def test_vectorize_takes_raw_bytes_and_names_the_body_when_they_are_no_image(client) -> None:
+    vector = client.post("/vectorize", content=PNG).json()["vector"]
+    encoded = client.post("/encode", json=[{"img_blob": b64(PNG)}]).json()[0]
+    np.testing.assert_allclose(vector, encoded, rtol=1e-5, atol=1e-6)
+    refused = client.post("/vectorize", content=b"not an image")
+    assert refused.status_code == 400 and error(refused).startswith("body: ")
+
+
+@pytest.mark.parametrize(("path", "key"), [("/tag", "tags"), ("/wearable", "top_categories")])
+def test_upload_routes_echo_the_request_id_and_refuse_a_bad_file_with_400(
+    client, path, key
+) -> None:
+    files = {"file": ("photo.png", PNG, "image/png")}
+    answer = client.post(path, files=files, headers={"X-Request-ID": "abc-1"})
+    assert answer.status_code == 200 and answer.json()["request_id"] == "abc-1"
+    assert answer.headers["x-request-id"] == "abc-1" and answer.json()[key]
+    refused = client.post(path, files={"file": ("a.png", b"PK\x03\x04 zip", "image/png")})
+    assert refused.status_code == 400 and error(refused).startswith("file: ")
+
+
+def test_form_embeddings_answer_each_field_under_its_name(client: TestClient) -> None:
+    answer = client.post(
+        "/embeddings", data={"caption": "a cat"}, files={"photo": ("p.png", PNG, "image/png")}
+    ).json()
+    assert set(answer) >= {"caption", "photo", "texts_vectors", "images_vectors", "request_id"}
+    assert answer["texts_vectors"] == [answer["caption"]]
+    assert answer["images_vectors"] == [answer["photo"]]
+
+
+def test_rank_gives_a_probability_row_per_query(client: TestClient) -> None:
+    body = {
+        "queries": [{"img_blob": b64(PNG)}, {"text": "a cat"}],
+        "candidates": [{"text": "a cat"}, {"text": "a dog"}, {"text": "a car"}],
+    }
+    answer = client.post("/rank", json=body).json()
+    probabilities = np.array(answer["probabilities"])
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert np.array(answer["cosine_similarities"]).shape == (2, 3)
+
+
+def test_classify_by_labels_and_by_stored_set(client: TestClient) -> None:
+    image = {"img_blob": b64(PNG)}
+    labels = client.post("/classify", json={"image": image, "labels": ["cat", "dog", "car"]})
+    scores = labels.json()["scores"]
+    assert sorted(s["label"] for s in scores) == ["car", "cat", "dog"]
+    assert sum(s["probability"] for s in scores) == pytest.approx(1, abs=1e-4)
+    stored = client.post("/classify", json={"image": image, "label_set": "pets", "top_k": 1})
+    assert {s["group"] for s in stored.json()["scores"]} == {"type", "fur"}
+    bad_template = {"image": image, "labels": ["a"], "template": "{0}{x}"}
+    bad_template = client.post("/classify", json=bad_template)
+    assert bad_template.status_code == 400 and error(bad_template).startswith("template")
+
+
+def test_openai_embeddings_are_the_normalised_encode_vectors(client: TestClient) -> None:
+    raw = np.array(client.post("/encode", json=[{"text": "a cat"}]).json()[0])
+    answer = client.post("/v1/embeddings", json={"input": "a cat", "model": "any"}).json()
+    np.testing.assert_allclose(answer["data"][0]["embedding"], raw / np.linalg.norm(raw), atol=1e-6)
+    assert answer["usage"]["prompt_tokens"] > 0
+    packed = client.post("/v1/embeddings", json={"input": ["a cat"], "encoding_format": "base64"})
+    unpacked = np.frombuffer(base64.b64decode(packed.json()["data"][0]["embedding"]), "<f4")
+    np.testing.assert_allclose(unpacked, answer["data"][0]["embedding"], atol=1e-7)
+    image = client.post("/v1/embeddings", json={"input": f"data:image/png;base64,{b64(PNG)}"})
+    assert image.status_code == 200 and image.json()["usage"]["prompt_tokens"] == 0
+
+
+def test_the_openapi_document_has_every_route(client: TestClient) -> None:
+    paths = client.get("/docs.json").json()["paths"]
+    for path in ("/encode", "/rank", "/vectorize", "/interrogate", "/model", "/embeddings"):
+        assert path in paths, path
+
+
+def test_interrogation_waits_for_its_tables_then_answers(client: TestClient) -> None:
+    """A 503 with its progress and a Retry-After while the tables build, then prompts."""
+    image = {"img_blob": b64(PNG)}
+    deadline = time.monotonic() + 120
+    while (tables := client.get("/model").json()["interrogation"]["label_tables"])[
+        "state"
+    ] != "ready":
+        assert time.monotonic() < deadline, tables
+        refused = client.post("/interrogate", json={"image": image, "mode": "fast"})
+        if refused.status_code == 503:
+            assert "label tables" in error(refused) and int(refused.headers["retry-after"]) > 0
+        time.sleep(0.5)
+    answer = client.post("/interrogate", json={"image": image, "mode": "fast"}).json()
+    assert answer["prompt"].startswith(answer["caption"]) and answer["mode"] == "fast"
+    analysis = client.post("/analyze", json={"image": image, "top_k": 2}).json()
+    assert all(len(ranked) == 2 for ranked in analysis.values())
