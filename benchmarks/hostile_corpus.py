@@ -36,6 +36,20 @@ SAFE_URIS = (
 )
 
 
+def error_message(body: object, path: str) -> str | None:
+    """The message of an error answer in the shape its route uses, else None: under /v1/
+    OpenAI's ``{"error": {"message", "type", "param", "code"}}``, elsewhere
+    ``{"error": "<field>: <problem>"}``."""
+    if not isinstance(body, dict) or set(body) != {"error"}:
+        return None
+    error = body["error"]
+    if path.startswith("/v1/"):
+        if not isinstance(error, dict) or set(error) != {"message", "type", "param", "code"}:
+            return None
+        error = error["message"]
+    return error if isinstance(error, str) else None
+
+
 @dataclass(frozen=True)
 class Request:
     """One HTTP POST: ``status``, and ``names`` (a regex of the field its error names), are

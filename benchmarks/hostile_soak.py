@@ -42,7 +42,13 @@ import aiohttp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.hostile_corpus import Request, bad_requests, cosine, good_requests
+from benchmarks.hostile_corpus import (
+    Request,
+    bad_requests,
+    cosine,
+    error_message,
+    good_requests,
+)
 from benchmarks.soak import memory_report, sample_memory, sample_rss, server_processes
 
 
@@ -100,7 +106,7 @@ def judge(
     if request.status != 200:
         if status != request.status:
             return f"{status} (alone: {request.status})"
-        error = json.loads(body).get("error", "")
+        error = error_message(json.loads(body), request.path) or ""
         return "refused as alone" if ": " in error else f"{status} without the error shape"
     if status != 200:
         return str(status)

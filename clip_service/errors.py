@@ -8,11 +8,14 @@ so no layer below it needs to know HTTP.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 _MAX_REPORTED = 5  # validation errors named in one message
+# The field a message starts with: ``input[3]: ...``, ``body[0].text: ...``.
+_FIELD = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
 
 
 class RequestError(Exception):
@@ -60,6 +63,29 @@ class NotServed(RequestError):
 
 def error_body(message: str, **extra: Any) -> dict[str, Any]:
     return {"error": message, **extra}
+
+
+def openai_error_body(message: str, status: int) -> dict[str, Any]:
+    """The same error in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``:
+    OpenAI's clients show ``message`` only when it is there (else just "Error code: 400"),
+    and expose ``param`` and ``code``."""
+    field = _FIELD.match(message)
+    if status == HTTPStatus.UNAUTHORIZED:
+        kind, code = "invalid_request_error", "invalid_api_key"
+    elif status == HTTPStatus.TOO_MANY_REQUESTS:
+        kind, code = "requests", "rate_limit_exceeded"
+    elif status >= HTTPStatus.INTERNAL_SERVER_ERROR:
+        kind, code = "server_error", None
+    else:
+        kind, code = "invalid_request_error", None
+    return {
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": field.group(1) if field else None,
+            "code": code,
+        }
+    }
 
 
 def normalize_error_body(body: Any) -> dict[str, Any]:

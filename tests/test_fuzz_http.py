@@ -34,7 +34,14 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.hostile_corpus import SAFE_URIS, Part, hostile_images, multipart, png
+from benchmarks.hostile_corpus import (
+    SAFE_URIS,
+    Part,
+    error_message,
+    hostile_images,
+    multipart,
+    png,
+)
 from tests.image_seeds import seeds
 
 pytestmark = pytest.mark.served
@@ -327,8 +334,9 @@ def check(response: httpx.Response) -> None:
     assert response.status_code < 500, response.text[:500]
     body = response.json()
     if response.status_code >= 400:
-        assert isinstance(body, dict) and set(body) == {"error"}, body
-        field, separator, problem = body["error"].partition(": ")
+        message = error_message(body, response.request.url.path)
+        assert message is not None, body
+        field, separator, problem = message.partition(": ")
         assert field and separator and problem, body
 
 

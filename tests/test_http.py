@@ -15,6 +15,7 @@ import pytest
 import torch
 from starlette.testclient import TestClient
 
+from clip_service.server.openai_embeddings import TOKEN_ARRAYS
 from tests.conftest import b64, image_bytes, make_image
 
 PNG = image_bytes(make_image(1, (64, 48)))
@@ -74,13 +75,29 @@ def test_encode_texts_and_images_in_input_order(client: TestClient) -> None:
         ("/encode", [{"img_blob": "bm90IGFuIGltYWdl"}], "items[0].img_blob"),
         ("/rank", {"queries": [{"text": "a"}]}, "candidates"),
         ("/classify", {"image": {"img_blob": b64(PNG)}}, "labels"),
-        ("/v1/embeddings", {"input": [[1, 2, 3]]}, "input"),
     ],
 )
 def test_bad_json_bodies_are_a_400_naming_the_field(client, path, body, named) -> None:
     response = client.post(path, json=body)
     assert response.status_code == 400, response.text
     assert error(response).startswith(named)
+
+
+def test_openai_route_errors_are_in_openais_shape(client: TestClient) -> None:
+    """With ``message`` there, OpenAI's clients quote it; ``param`` names the field."""
+    tokens = client.post("/v1/embeddings", json={"input": [[1, 2, 3]]})
+    assert tokens.status_code == 400
+    assert tokens.json()["error"] == {
+        "message": f"input: {TOKEN_ARRAYS}",
+        "type": "invalid_request_error",
+        "param": "input",
+        "code": None,
+    }
+    assert "check_embedding_ctx_length=False" in TOKEN_ARRAYS
+    broken = client.post(
+        "/v1/embeddings", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_bodies_that_are_not_json_or_nest_too_deep_are_a_400(client: TestClient) -> None:

@@ -104,7 +104,8 @@ def test_dimensions_may_only_repeat_the_model_size(open_clip_url):
     assert len(same.data[0].embedding) == 32
     with pytest.raises(openai.BadRequestError) as raised:
         client.embeddings.create(input="a", model="m", dimensions=16)
-    assert re.match(r"^dimensions: .* embeddings have 32 dimensions", raised.value.body)
+    assert re.match(r"^dimensions: .* embeddings have 32 dimensions", raised.value.message)
+    assert raised.value.param == "dimensions"
 
 
 @pytest.mark.parametrize(
@@ -130,12 +131,15 @@ def test_dimensions_may_only_repeat_the_model_size(open_clip_url):
     ],
 )
 def test_bad_input_is_a_readable_400(open_clip_url, kwargs, message):
-    """The client puts our ``error`` string in ``BadRequestError.body`` (its text shows only
-    the status: it quotes OpenAI's ``error.message``, which our shape does not have)."""
+    """Errors in OpenAI's shape: the client's exception quotes the message and exposes the
+    field at fault as ``param``."""
     with pytest.raises(openai.BadRequestError) as raised:
         _client(open_clip_url).embeddings.create(model="m", **kwargs)
-    assert raised.value.status_code == 400
-    assert re.match(message, raised.value.body), raised.value.body
+    error = raised.value
+    assert error.status_code == 400 and error.type == "invalid_request_error"
+    assert re.match(message, error.body["message"]), error.body
+    assert str(error) == f"Error code: 400 - {error.body['message']}"
+    assert error.param == error.body["message"].split(": ")[0]
 
 
 def test_a_text_over_max_text_chars_is_refused_with_its_index():

@@ -2,7 +2,8 @@
 
 * :class:`ResponseShaper`: every answer in the project's shape: the request's id in its log
   lines and its ``X-Request-ID`` header, 4xx bodies as ``{"error": ...}``, 503s with a
-  ``Retry-After`` and a message that says what happened;
+  ``Retry-After`` and a message that says what happened; under ``/v1/`` every error in
+  OpenAI's shape, which OpenAI's clients read;
 * :class:`AccessControl`: who may call: browsers from the allowed origins (CORS), and,
   with API keys set, only requests that carry one;
 * :class:`RequestReader`: the request body, read once within its limits and turned into
@@ -22,7 +23,7 @@ from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from clip_service.errors import InvalidInput, error_body, normalize_error_body
+from clip_service.errors import InvalidInput, error_body, normalize_error_body, openai_error_body
 from clip_service.inputs.json_depth import exceeds_depth
 from clip_service.server import request_ids
 from clip_service.server.auth import ApiKeys
@@ -37,6 +38,8 @@ UNAVAILABLE = (
     f"retry after {RETRY_AFTER_S} s"
 )
 
+# Routes answered in OpenAI's error shape (the OpenAI-compatible API), not the project's.
+OPENAI_PREFIX = "/v1/"
 # BentoML's own 503 messages: a generic error, and /readyz naming a private method.
 _BENTOML_503S = ("An unexpected error", "Service is not ready")
 
@@ -56,11 +59,13 @@ class ResponseShaper:
             start: Message | None = None
             chunks: list[bytes] = []
 
+            openai = scope["path"].startswith(OPENAI_PREFIX)
+
             async def shaping_send(message: Message) -> None:
                 nonlocal start
                 if message["type"] == "http.response.start":
                     message = {**message, "headers": _with_request_id(message, rid)}
-                    if _rewritten(message["status"]):
+                    if _rewritten(message["status"], openai):
                         start = message
                         return
                 if start is None or message["type"] != "http.response.body":
@@ -68,13 +73,13 @@ class ResponseShaper:
                     return
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    await _send_shaped(send, start, b"".join(chunks))
+                    await _send_shaped(send, start, b"".join(chunks), openai)
 
             await self.app(scope, receive, shaping_send)
 
 
-def _rewritten(status: int) -> bool:
-    return 400 <= status < 500 or status == 503
+def _rewritten(status: int, openai: bool) -> bool:
+    return 400 <= status < 500 or status == 503 or (openai and status >= 500)
 
 
 def _with_request_id(start: Message, rid: str) -> RawHeaders:
@@ -84,7 +89,7 @@ def _with_request_id(start: Message, rid: str) -> RawHeaders:
     return headers
 
 
-async def _send_shaped(send: Send, start: Message, raw: bytes) -> None:
+async def _send_shaped(send: Send, start: Message, raw: bytes, openai: bool) -> None:
     try:
         body = json.loads(raw) if raw else ""
     except ValueError:
@@ -97,6 +102,8 @@ async def _send_shaped(send: Send, start: Message, raw: bytes) -> None:
         message = str(shaped.get("error", ""))
         if not message or message.startswith(_BENTOML_503S):  # says nothing a client can use
             shaped = error_body(UNAVAILABLE)
+    if openai:
+        shaped = openai_error_body(str(shaped.get("error", "")), start["status"])
     await send_json(send, start["status"], shaped, headers)
 
 

@@ -41,6 +41,13 @@ _settings = get_settings()
 EncodingFormat = Literal["float", "base64"]
 Modality = Literal["text", "image"]
 _DATA_IMAGE = "data:image/"
+# LangChain's OpenAIEmbeddings sends tiktoken ids unless told not to; CLIP has its own
+# tokenizer, so only the texts can be embedded.
+TOKEN_ARRAYS = (
+    "token arrays are not supported (CLIP tokenizes texts itself); send strings. "
+    "LangChain's OpenAIEmbeddings sends token ids by default: "
+    "set check_embedding_ctx_length=False"
+)
 _URL_SCHEMES = ("http://", "https://")
 
 
@@ -60,9 +67,7 @@ def _check_input(value: object) -> object:
         )
     for i, element in enumerate(value):
         if isinstance(element, int | list):
-            raise PydanticCustomError(
-                "token_arrays", "token arrays are not supported; send strings"
-            )
+            raise PydanticCustomError("token_arrays", TOKEN_ARRAYS)
         if not isinstance(element, str):
             raise PydanticCustomError("string_type", "item {index} is not a string", {"index": i})
     return value
