@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import bentoml
 import torch
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import Field
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
@@ -70,6 +70,7 @@ from clip_service.server.schemas import (
     WearableResult,
 )
 from clip_service.server.upstream import Guarded, dependencies_ready
+from clip_service.server.weaviate import WeaviateVectorizer, is_vectorize_request
 from clip_service.settings import get_settings
 from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
@@ -119,6 +120,7 @@ class ClipApi:
             )
         self.classifier = Classifier(self.items)
         self.openai = OpenAIEmbeddings(self.items)
+        self.weaviate = WeaviateVectorizer(self.items, settings.max_items, settings.max_json_depth)
 
     @bentoml.on_startup
     def drain_on_sigterm(self) -> None:
@@ -188,9 +190,15 @@ class ClipApi:
     @bentoml.api(route="/vectorize")
     @takes("raw")
     @guard
-    async def vectorize(self, image: bytes, /) -> VectorResult:
-        """Raw image bytes in the body (any Content-Type) -> its embedding."""
-        vector = await self.items.encode_image(await self.items.decode(image, "body"))
+    async def vectorize(self, body: bytes, /) -> VectorResult:
+        """Raw image bytes in the body (any Content-Type) -> its embedding.
+
+        A JSON object body is Weaviate's ``multi2vec-clip`` request, ``{"texts": [...],
+        "images": [base64, ...]}``, answered ``{"textVectors", "imageVectors"}``
+        (L2-normalised; docs/api.md, "Weaviate")."""
+        if is_vectorize_request(body):
+            return JSONResponse((await self.weaviate.vectorize(body)).model_dump())
+        vector = await self.items.encode_image(await self.items.decode(body, "body"))
         return VectorResult(vector=vector.tolist())
 
     @bentoml.api(route="/caption")
@@ -335,6 +343,29 @@ async def form_embeddings(request: Request) -> JSONResponse:
     rid = request_id(request.headers)
     body = await embed_form(request, service.items, settings.max_items, settings.max_text_chars)
     return JSONResponse({"request_id": rid, **body}, headers=echo_headers(rid))
+
+
+@http.get("/meta", tags=["Weaviate"])
+@guard
+async def weaviate_meta() -> dict:
+    """Weaviate's ``multi2vec-clip`` meta call: the served model."""
+    info = await bentoml.get_current_service().items.model_info()
+    return {"model": info.spec, "backend": info.backend, "dimensions": info.embedding_size}
+
+
+@http.get("/.well-known/live", status_code=204, tags=["Weaviate"])
+async def weaviate_live() -> Response:
+    """Weaviate's liveness probe: the process answers."""
+    return Response(status_code=204)
+
+
+@http.get("/.well-known/ready", status_code=204, tags=["Weaviate"])
+async def weaviate_ready() -> Response:
+    """Weaviate's readiness probe (it waits for a 2xx within 500 ms): 204 when the model
+    services answer, as ``/readyz``."""
+    service: ClipApi = bentoml.get_current_service()
+    ready = await service.__is_ready__()
+    return Response(status_code=204 if ready else 503)
 
 
 @http.get("/ui", include_in_schema=False)

@@ -104,11 +104,16 @@ def normalize_error_body(body: Any) -> dict[str, Any]:
         return error_body(str(body))
     details = body.get("detail")
     if isinstance(details, list) and details and isinstance(details[0], Mapping):
-        messages = [_format_validation_error(d) for d in details[:_MAX_REPORTED]]
-        if len(details) > _MAX_REPORTED:
-            messages.append(f"and {len(details) - _MAX_REPORTED} more")
-        return error_body("; ".join(messages))
+        return error_body(validation_message(details))
     return dict(body)
+
+
+def validation_message(details: list[Mapping[str, Any]]) -> str:
+    """Pydantic's validation errors as one message, each naming its field."""
+    messages = [_format_validation_error(d) for d in details[:_MAX_REPORTED]]
+    if len(details) > _MAX_REPORTED:
+        messages.append(f"and {len(details) - _MAX_REPORTED} more")
+    return "; ".join(messages)
 
 
 def _format_validation_error(detail: Mapping[str, Any]) -> str:

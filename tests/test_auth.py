@@ -46,6 +46,7 @@ def client(public_metrics: bool = False, public_docs: bool = False) -> TestClien
         {"authorization": "bearer key-three"},
         {"x-api-key": "key-one"},
         {"authorization": "Bearer wrong", "x-api-key": "key-one"},
+        {"authorization": "Basic d2VhdmlhdGU6a2V5LW9uZQ=="},  # a key as Basic password
     ],
 )
 def test_a_configured_key_in_either_header_gets_in(headers):
@@ -56,7 +57,9 @@ def test_a_configured_key_in_either_header_gets_in(headers):
     ("headers", "problem"),
     [
         ({}, "an API key is required; send it as 'Authorization: Bearer <key>'"),
-        ({"authorization": "Basic a2V5LW9uZQ=="}, "an API key is required"),
+        ({"authorization": "Basic a2V5LW9uZQ=="}, "an API key is required"),  # no password
+        ({"authorization": "Basic !!"}, "an API key is required"),
+        ({"authorization": "Basic a2V5LW9uZTp3cm9uZw=="}, "the API key is not valid"),
         ({"authorization": "Bearer "}, "an API key is required"),
         ({"authorization": "Bearer key-on"}, "the API key is not valid"),
         ({"x-api-key": "key-one-and-more"}, "the API key is not valid"),

@@ -8,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -40,6 +41,7 @@ def bento_envs(bento: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.served
 def test_bentoml_build_is_offline_and_cpu(tmp_path):
     bento = build([sys.executable, "-m", "bentoml", "build"], tmp_path)
     src = bento / "src"
@@ -73,6 +75,7 @@ def test_bentofiles_pin_pyproject():
     assert cpu["python"]["lock_packages"] is False is gpu["python"]["lock_packages"]
 
 
+@pytest.mark.served
 def test_cli_build_sets_the_models(tiny_models, tmp_path):
     clip, blip = tiny_models["hf-clip"], tiny_models["blip"]
     command = [sys.executable, "-m", "clip_service.cli.main", "build", "--model-name", str(clip)]

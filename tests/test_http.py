@@ -6,6 +6,7 @@ check of the HTTP glue; the served tier repeats it against real `bentoml serve` 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -195,3 +196,44 @@ def test_interrogation_waits_for_its_tables_then_answers(client: TestClient) -> 
     assert answer["prompt"].startswith(answer["caption"]) and answer["mode"] == "fast"
     analysis = client.post("/analyze", json={"image": image, "top_k": 2}).json()
     assert all(len(ranked) == 2 for ranked in analysis.values())
+
+
+def weaviate_vectorize(client: TestClient, body: object) -> tuple[int, dict]:
+    """As Weaviate's Go client sends it: a JSON body and no Content-Type."""
+    response = client.post("/vectorize", content=json.dumps(body).encode())
+    return response.status_code, response.json()
+
+
+def test_weaviate_multi2vec_clip_contract(client: TestClient) -> None:
+    assert client.get("/.well-known/live").status_code == 204
+    assert client.get("/.well-known/ready").status_code == 204
+    meta = client.get("/meta").json()
+    status, answer = weaviate_vectorize(client, {"texts": ["a cat", "a dog"], "images": [b64(PNG)]})
+    assert status == 200 and set(answer) == {"textVectors", "imageVectors"}
+    raw = np.array(client.post("/encode", json=[{"text": "a cat"}, {"img_blob": b64(PNG)}]).json())
+    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(answer["textVectors"][0], expected[0], atol=1e-6)
+    np.testing.assert_allclose(answer["imageVectors"][0], expected[1], atol=1e-6)
+    assert len(answer["textVectors"]) == 2 and len(answer["imageVectors"][0]) == meta["dimensions"]
+    status, nil_lists = weaviate_vectorize(client, {"texts": ["a cat"], "images": None})
+    assert status == 200 and nil_lists["imageVectors"] == []
+    raw_bytes = client.post("/vectorize", content=PNG).json()["vector"]  # its own contract
+    np.testing.assert_allclose(raw_bytes, raw[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"texts": [""]}, "texts[0]"),
+        ({"texts": "a cat"}, "texts"),
+        ({"images": ["bm90IGFuIGltYWdl"]}, "images[0].img_blob"),
+        ({"texts": [1]}, "texts[0]"),
+    ],
+)
+def test_weaviate_errors_are_a_string_naming_the_field(client, body, named) -> None:
+    """Weaviate reads ``error`` as a string (an object would fail its unmarshalling)."""
+    status, answer = weaviate_vectorize(client, body)
+    assert status == 400 and isinstance(answer["error"], str)
+    assert answer["error"].startswith(f"{named}: "), answer
+    deep = client.post("/vectorize", content=b'{"texts":' + b"[" * 100 + b"]" * 100 + b"}")
+    assert deep.status_code == 400 and "nested" in error(deep)

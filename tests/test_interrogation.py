@@ -52,9 +52,10 @@ from clip_service.models.specs import parse_clip_spec
 from clip_service.testing.tiny_models import make_blip, make_open_clip
 from tests.conftest import write_library_cache
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::FutureWarning", "ignore:CUDA is not available:UserWarning"
-)
+pytestmark = [
+    pytest.mark.served,  # parity with the library: the full tier
+    pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:CUDA is not available:UserWarning"),
+]
 
 # The arch only selects the tokenizer 0.6.0 uses: ViT-B-32's is the standard 77-token BPE one.
 LIBRARY_MODEL_NAME = "ViT-B-32/tiny"

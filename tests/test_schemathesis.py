@@ -67,7 +67,8 @@ HYPOTHESIS = settings(
 
 # Every operation of the served document; a route added or dropped fails
 # `test_the_document_lists_the_service_routes`, so this list (and the fuzzing) stays complete.
-INFRA = ["GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /model"]
+INFRA = ["GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /model", "GET /meta"]
+INFRA += ["GET /.well-known/live", "GET /.well-known/ready"]  # Weaviate's probes
 APIS = [
     "POST /analyze",
     "POST /caption",

@@ -21,7 +21,10 @@ pytestmark = pytest.mark.served
 ORIGIN = "http://app.example"
 KEYS = ("key-one", "key-two")
 FILE_KEY = "key-from-file"
-HEALTH = {("GET", "/livez"), ("GET", "/healthz"), ("GET", "/readyz")}
+HEALTH = {
+    ("GET", path)
+    for path in ("/livez", "/healthz", "/readyz", "/.well-known/live", "/.well-known/ready")
+}
 # The demo page's own files: a browser cannot send a header with a page load.
 UI_FILES = {("GET", f"/ui{page}") for page in ("", "/", "/index.html", "/app.js", "/api.js")}
 # Routes that the OpenAPI document does not list: BentoML's own and the mounted app's.
@@ -81,6 +84,9 @@ def test_both_header_forms_and_no_key(url):
         {"authorization": "bearer key-one"},
     ):
         assert httpx.post(f"{url}/encode", json=items, headers=headers).status_code == 200
+    # Weaviate with CLIP_INFERENCE_API=http://weaviate:<key>@host: the key as Basic password.
+    assert httpx.get(f"{url}/meta", auth=("weaviate", KEYS[0])).status_code == 200
+    assert httpx.get(f"{url}/meta", auth=("weaviate", "wrong")).status_code == 401
     missing = httpx.post(f"{url}/encode", json=items)
     assert missing.status_code == 401
     assert missing.headers["www-authenticate"] == "Bearer"

@@ -1,12 +1,16 @@
-"""The OpenAI-compatible clients users already have, against a served instance: LangChain's
+"""The clients users already have, against a served instance: LangChain's
 ``OpenAIEmbeddings`` (langchain-openai) and LlamaIndex's ``OpenAIEmbedding``
 (llama-index-embeddings-openai), each with its defaults and with the one setting docs/api.md
-tells users to make. Their vectors must be ``/encode``'s, L2-normalised."""
+tells users to make, and Weaviate's ``multi2vec-clip`` module, its calls made as its Go
+client makes them. Their vectors must be ``/encode``'s, L2-normalised."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import json
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +20,8 @@ import openai
 import pytest
 from langchain_openai import OpenAIEmbeddings
 from llama_index.embeddings.openai import OpenAIEmbedding
+
+from tests.conftest import image_bytes, make_image
 
 pytestmark = pytest.mark.served
 
@@ -88,3 +94,43 @@ def test_llamaindex_with_model_name(open_clip_url):
     expected = normalised_encode(open_clip_url, sent)
     np.testing.assert_allclose(embedding.get_text_embedding_batch(TEXTS), expected, atol=1e-5)
     np.testing.assert_allclose(embedding.get_query_embedding(TEXTS[1]), expected[1], atol=1e-5)
+
+
+class WeaviateModule:
+    """The calls of Weaviate's multi2vec-clip client (modules/multi2vec-clip/clients): the
+    URL is CLIP_INFERENCE_API + path; no headers but Go's defaults, so no Content-Type."""
+
+    def __init__(self, inference_api: str) -> None:
+        self.origin = inference_api
+
+    def wait_for_startup(self) -> None:
+        deadline = time.monotonic() + 120  # Weaviate's module start-up limit
+        while httpx.get(f"{self.origin}/.well-known/ready", timeout=0.5).status_code > 299:
+            assert time.monotonic() < deadline
+            time.sleep(1)
+
+    def vectorize(self, texts: list[str], images: list[str]) -> dict:
+        body = json.dumps({"texts": texts, "images": images}).encode()
+        request = httpx.Request("POST", f"{self.origin}/vectorize", content=body)
+        request.headers.pop("content-type", None)
+        response = httpx.Client(timeout=50).send(request)  # MODULES_CLIENT_TIMEOUT: 50 s
+        answer = response.json()  # Weaviate unmarshals before it looks at the status
+        if response.status_code > 399:
+            raise RuntimeError(f"fail with status {response.status_code}: {answer['error']}")
+        assert len(answer["textVectors"]) == len(texts)  # "inputs are not equal to vectors"
+        return answer
+
+
+def test_weaviate_multi2vec_clip_gets_the_normalised_encode_vectors(open_clip_url):
+    module = WeaviateModule(open_clip_url)
+    module.wait_for_startup()
+    assert isinstance(httpx.get(f"{open_clip_url}/meta").json(), dict)
+    png = image_bytes(make_image(7, (96, 64)))
+    answer = module.vectorize(TEXTS, [base64.b64encode(png).decode()])
+    items = [{"text": text} for text in TEXTS] + [{"img_blob": base64.b64encode(png).decode()}]
+    raw = np.array(httpx.post(f"{open_clip_url}/encode", json=items).json())
+    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(answer["textVectors"], expected[:2], atol=1e-5)
+    np.testing.assert_allclose(answer["imageVectors"], expected[2:], atol=1e-5)
+    with pytest.raises(RuntimeError, match=r"^fail with status 400: images\[0\]"):
+        module.vectorize([], ["bm90IGFuIGltYWdl"])

@@ -1,10 +1,11 @@
 """API keys: with ``API_KEYS`` / ``API_KEYS_FILE`` set, nobody gets in without one.
 
 A key is accepted as ``Authorization: Bearer <key>`` (what OpenAI clients and BentoML's
-``token=`` send) or ``X-API-Key: <key>``. Open without a key: the health checks (probes
-carry no secrets), the demo page's static files (a browser cannot add a header to a page
-load; the page then asks for a key), and, when the operator says so, ``/metrics`` and the
-API docs. Everything else, mounted apps included, answers 401.
+``token=`` send), ``X-API-Key: <key>``, or as the password of HTTP Basic authentication
+(what Weaviate sends for ``CLIP_INFERENCE_API=http://any:<key>@host:3000``). Open without a
+key: the health checks (probes carry no secrets), the demo page's static files (a browser
+cannot add a header to a page load; the page then asks for a key), and, when the operator
+says so, ``/metrics`` and the API docs. Everything else, mounted apps included, answers 401.
 
 Keys are compared as SHA-256 digests with :func:`hmac.compare_digest`, every given key
 against every configured key with no early exit, so the time taken says nothing about how
@@ -13,6 +14,7 @@ much of a key matched, or which.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -26,7 +28,9 @@ from clip_service.server import hooks
 
 logger = logging.getLogger(__name__)
 
-HEALTH_PATHS = frozenset({"/livez", "/healthz", "/readyz"})
+HEALTH_PATHS = frozenset(
+    {"/livez", "/healthz", "/readyz", "/.well-known/live", "/.well-known/ready"}
+)
 METRICS_PATH = "/metrics"
 # BentoML's Swagger UI page, its OpenAPI document, its client schema and their assets.
 DOCS_PATHS = frozenset({"/", "/docs.json", "/schema.json"})
@@ -77,14 +81,25 @@ class ApiKeys:
 
 
 def given_keys(headers: Headers) -> list[str]:
-    """The keys a request carries: a Bearer token, an X-API-Key header, or both."""
+    """The keys a request carries: a Bearer token or a Basic password, an X-API-Key
+    header, or both."""
     keys = []
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         keys.append(token.strip())
+    if scheme.lower() == "basic" and (password := _basic_password(token.strip())):
+        keys.append(password)
     if api_key := headers.get("x-api-key", "").strip():
         keys.append(api_key)
     return keys
+
+
+def _basic_password(credentials: str) -> str:
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
 
 
 def warn_if_open(has_keys: bool) -> None:
