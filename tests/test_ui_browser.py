@@ -2,27 +2,35 @@
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them);
 without them the test fails and says so rather than skipping. ``UI_SCREENSHOT=docs/ui.png``
-also saves the final screenshot there (for docs/api.md).
+also saves the final screenshot there (for docs/api.md), and
+``UI_SEARCH_SCREENSHOT=docs/ui-search.png`` the search section with its results.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image, ImageDraw
 from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.conftest import b64, image_bytes, make_image, served
+
 pytestmark = pytest.mark.served
 
 WAIT_S = 300  # the first interrogation waits for the label tables to be embedded
+SEARCH_MAX_ITEMS = 6  # MAX_ITEMS of the CLIP-only server: a few more images are refused
+SEARCH_MAX_BODY = 1024 * 1024  # its MAX_BODY_BYTES: one large image is refused
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +44,38 @@ def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("ui-images") / "hills.png"
     image.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def clip_only_url(tiny_models, tmp_path_factory) -> Iterator[str]:
+    """A CLIP-only server (CAPTION_MODEL=none): the search needs nothing else."""
+    home = tmp_path_factory.mktemp("bentoml-ui-clip-only")
+    env = {
+        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
+        "CAPTION_MODEL": "none",
+        "LABEL_CACHE_DIR": str(home / "label-cache"),
+        "MAX_ITEMS": str(SEARCH_MAX_ITEMS),
+        "MAX_BODY_BYTES": str(SEARCH_MAX_BODY),
+    }
+    with served(home, **env) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def search_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Generated images of several sizes and formats, written as files to choose."""
+    directory = tmp_path_factory.mktemp("ui-search")
+    paths = []
+    for seed, size, fmt in [
+        (1, (320, 240), "PNG"),
+        (2, (240, 320), "JPEG"),
+        (3, (200, 200), "PNG"),
+        (4, (400, 225), "JPEG"),
+    ]:
+        path = directory / f"noise-{seed}.{fmt.lower()}"
+        path.write_bytes(image_bytes(make_image(seed, size), fmt))
+        paths.append(path)
+    return paths
 
 
 def test_page_and_assets_are_served(open_clip_url):
@@ -200,3 +240,156 @@ def full_page_screenshot(browser: WebDriver, path: Path) -> None:
 def bar_widths(browser: WebDriver, selector: str) -> list[float]:
     """Rendered widths of the bars, in CSS pixels."""
     return [bar.rect["width"] for bar in browser.find_elements(By.CSS_SELECTOR, selector)]
+
+
+def test_search_ranks_images_like_the_api(browser, clip_only_url, search_images, tmp_path):
+    browser.get(f"{clip_only_url}/ui/")
+    wait_text(browser, "#model-info", lambda text: text.endswith(", CLIP only"))
+    assert not browser.find_element(By.ID, "describe-section").is_displayed()
+
+    # The keyboard reaches the file input (its drop zone shows the focus), the sentence and
+    # the button, in that order; Enter with no images says what is missing.
+    zone = browser.find_element(By.ID, "search-drop")
+    assert zone.is_displayed() and "choose files" in zone.text
+    browser.execute_script("document.activeElement.blur();")
+    tab_to(browser, "search-files")
+    outline = "return getComputedStyle(arguments[0]).outlineStyle;"
+    assert browser.execute_script(outline, zone) == "solid"
+    assert tab(browser) == "search-text"
+    assert browser.switch_to.active_element.tag_name == "input"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    assert wait_text(browser, "#search-error", bool).startswith("Choose one or more images")
+    assert tab(browser) == "search-button"
+
+    choose_files(browser, search_images)
+    wait_text(browser, "#search-chosen", lambda text: text.startswith("4 images chosen"))
+    assert no_error(browser, "#search-error")  # a new choice clears the old message
+    sentence = "a photo of a red car"
+    box = browser.find_element(By.ID, "search-text")
+    box.clear()
+    box.send_keys(sentence, Keys.ENTER)  # typed, then submitted with the keyboard
+    status = wait_text(browser, "#search-status", bool)
+    results = search_results(browser)
+
+    # The same ranking as POST /rank with the same sentence and images.
+    body = {
+        "queries": [{"text": sentence}],
+        "candidates": [{"img_blob": b64(path.read_bytes())} for path in search_images],
+    }
+    answer = httpx.post(f"{clip_only_url}/rank", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    direct = {
+        path.name: (probability, cosine)
+        for path, probability, cosine in zip(
+            search_images,
+            answer.json()["probabilities"][0],
+            answer.json()["cosine_similarities"][0],
+            strict=True,
+        )
+    }
+    expected = sorted(direct.values(), reverse=True)
+    assert [rank for rank, *_ in results] == ["#1", "#2", "#3", "#4"]
+    assert sorted(name for _, name, *_ in results) == sorted(direct)
+    for (_, name, probability, cosine), best in zip(results, expected, strict=True):
+        # In API order up to ties: each place holds the probability the API ranks there.
+        assert probability == pytest.approx(best[0], abs=1e-4)
+        assert probability == pytest.approx(direct[name][0], abs=1e-4)
+        assert cosine == pytest.approx(direct[name][1], abs=1e-4)
+    assert status == (
+        f"4 images ranked for \u201c{sentence}\u201d. "
+        f"Best match: {results[0][1]}, {results[0][2] * 100:.2f} %."
+    )
+    assert browser.execute_script(
+        "return [...document.querySelectorAll('#search-output img')]"
+        ".every((img) => img.complete && img.naturalWidth > 0);"
+    )
+
+    section = browser.find_element(By.ID, "search-section")
+    browser.execute_script("arguments[0].scrollIntoView();", section)
+    section.screenshot(str(tmp_path / "ui-search.png"))
+    if target := os.environ.get("UI_SEARCH_SCREENSHOT"):
+        shutil.copy(tmp_path / "ui-search.png", target)
+
+
+def test_search_errors_are_readable(browser, clip_only_url, search_images, tmp_path):
+    browser.get(f"{clip_only_url}/ui/")
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("not an image")
+
+    # A file that is no image: the service's 400, with the file it is about.
+    choose_files(browser, [search_images[0], not_an_image, search_images[1]])
+    wait_text(browser, "#search-chosen", lambda text: text.startswith("3 images chosen"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#search-thumbs .no-preview")) == 1
+    browser.find_element(By.ID, "search-text").send_keys(Keys.ENTER)
+    message = wait_text(browser, "#search-error", bool)
+    assert message.startswith("notes.txt: candidates[1].img_blob: not a readable image"), message
+    assert not search_results(browser, wait=False)
+    assert no_error(browser, "#search-status")
+
+    # More images than the server takes (its MAX_ITEMS): its limit, shown as it is.
+    many = []
+    for seed in range(SEARCH_MAX_ITEMS + 1):
+        many.append(tmp_path / f"small-{seed}.png")
+        many[-1].write_bytes(image_bytes(make_image(seed, (32, 32))))
+    choose_files(browser, many)
+    count = SEARCH_MAX_ITEMS + 1
+    wait_text(browser, "#search-chosen", lambda text: text.startswith(f"{count} images chosen"))
+    browser.find_element(By.ID, "search-text").send_keys(Keys.ENTER)
+    message = wait_text(browser, "#search-error", bool)
+    expected = f"Too many images: this service ranks at most {SEARCH_MAX_ITEMS} at once "
+    assert message.startswith(expected) and "(candidates: " in message, message
+    assert not search_results(browser, wait=False)
+
+    # A body over the server's MAX_BODY_BYTES (a 1.4 MB noise PNG, a third more in base64).
+    large = tmp_path / "large.png"
+    large.write_bytes(image_bytes(make_image(9, (800, 600))))
+    assert large.stat().st_size > SEARCH_MAX_BODY
+    choose_files(browser, [search_images[0], large])
+    wait_text(browser, "#search-chosen", lambda text: text.startswith("2 images chosen"))
+    browser.find_element(By.ID, "search-text").send_keys(Keys.ENTER)
+    message = wait_text(browser, "#search-error", bool)
+    expected = f"The images are too large to send together (body: larger than {SEARCH_MAX_BODY} "
+    assert message.startswith(expected), message
+    full_page_screenshot(browser, tmp_path / "search-errors.png")
+
+
+def choose_files(browser: WebDriver, paths: list[Path]) -> None:
+    """Choose files in the search's file input, as the file picker would (chromedriver adds
+    files to a ``multiple`` input's earlier ones: cleared first, as a new pick replaces)."""
+    field = browser.find_element(By.ID, "search-files")
+    field.clear()
+    field.send_keys("\n".join(str(path) for path in paths))
+
+
+def tab(browser: WebDriver) -> str:
+    """Press Tab; the id of the element that has the focus then."""
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    return browser.switch_to.active_element.get_attribute("id")
+
+
+def tab_to(browser: WebDriver, element_id: str, most: int = 60) -> None:
+    """Tab from where the focus is until ``element_id`` has it."""
+    seen = []
+    for _ in range(most):
+        seen.append(tab(browser))
+        if seen[-1] == element_id:
+            return
+    pytest.fail(f"Tab never reached #{element_id}; it went through {seen}")
+
+
+def search_results(browser: WebDriver, wait: bool = True) -> list[tuple[str, str, float, float]]:
+    """(rank, file name, probability, cosine) of each search result, best first."""
+
+    def cards() -> list[list[str]]:
+        return browser.execute_script(
+            "return [...document.querySelectorAll('#search-output .result')].map((card) =>"
+            " ['.rank', '.name', '.probability .value', '.cosine .value']"
+            ".map((part) => card.querySelector(part).innerText));"
+        )
+
+    if wait:
+        wait_for(browser, lambda: len(cards()) > 0)
+    return [
+        (rank, name, float(probability.removesuffix(" %")) / 100, float(cosine))
+        for rank, name, probability, cosine in cards()
+    ]

@@ -153,7 +153,12 @@ async function readAnswer(response) {
 function describeFailure(response, answer) {
   const { status } = response;
   if (status === 503) {
-    return "The service is overloaded or still starting (503). Try again in a moment.";
+    // Busy, restarting, or label tables still being made: the service says which, and
+    // Retry-After says when to try again.
+    const why = answer && typeof answer.error === "string" ? `: ${answer.error}` : "";
+    const wait = Number(response.headers.get("retry-after"));
+    const when = wait > 0 ? `in ${wait} s` : "in a moment";
+    return `The service is overloaded or still starting (503${why}). Try again ${when}.`;
   }
   if (status === 504) {
     return "The service took too long to answer (504). Try a faster mode or a smaller image.";

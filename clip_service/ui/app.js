@@ -2,7 +2,9 @@
  * The demo page: wires the forms of index.html to the API client in api.js.
  *
  * One image is chosen (file picker or drag and drop); each form sends it to one route and
- * draws the answer. Failures are shown in the form's own alert line. When the service has
+ * draws the answer. The search section is separate: several images are chosen there, and
+ * one `/rank` call orders them by how well they match a sentence. Failures are shown in the
+ * form's own alert line. When the service has
  * API keys, its first 401 opens a dialog that asks for one; the key is kept for this
  * browser tab's session (sessionStorage) and sent with every call.
  */
@@ -24,13 +26,20 @@ let keyAnswer = null;
 /** The chosen image as an API item, `{img_blob}`; null until one is chosen. */
 let image = null;
 
+/** The images to search, in the order chosen: `{name, item, url}` (url: the thumbnail's). */
+let searchImages = [];
+/** Counts choices of search images, so that a slow read of an older choice is dropped. */
+let searchChoice = 0;
+
 showModel();
-setUpImagePicker();
+setUpDropZone($("#drop-zone"), $("#image-file"), (files) => useFile(files[0]));
+setUpDropZone($("#search-drop"), $("#search-files"), useSearchFiles);
 $("#describe-form").addEventListener("submit", (event) => onSubmit(event, describe));
 $("#classify-form").addEventListener("submit", (event) => onSubmit(event, classify));
 $("#classify-form").addEventListener("change", enableLabelInputs);
 enableLabelInputs();
 $("#rank-form").addEventListener("submit", (event) => onSubmit(event, rankTexts));
+$("#search-form").addEventListener("submit", (event) => onSubmit(event, search));
 
 /** Ask for an API key (one dialog at a time); resolves to the key, or null if cancelled. */
 function askForKey(refused) {
@@ -81,10 +90,9 @@ async function showModel() {
   }
 }
 
-function setUpImagePicker() {
-  const input = $("#image-file");
-  const zone = $("#drop-zone");
-  input.addEventListener("change", () => input.files[0] && useFile(input.files[0]));
+/** A file input inside its drop zone (the zone is the input's label): either gives files. */
+function setUpDropZone(zone, input, useFiles) {
+  input.addEventListener("change", () => input.files.length && useFiles([...input.files]));
   zone.addEventListener("dragover", (event) => {
     event.preventDefault(); // allows the drop
     zone.classList.add("dragging");
@@ -93,8 +101,8 @@ function setUpImagePicker() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault(); // the browser would open the file otherwise
     zone.classList.remove("dragging");
-    const file = event.dataTransfer.files[0];
-    if (file) useFile(file);
+    const files = [...event.dataTransfer.files];
+    if (files.length) useFiles(files);
   });
 }
 
@@ -199,6 +207,138 @@ async function rankTexts(form) {
 }
 
 /**
+ * Keep files as the images to search (replacing the previous ones) and show them small.
+ * As for the single image, every file is sent as it is and the service says what it refuses.
+ */
+async function useSearchFiles(files) {
+  const choice = ++searchChoice;
+  $("#search-error").textContent = "";
+  clearSearchResults();
+  let items;
+  try {
+    items = await Promise.all(files.map(imageItemFromFile));
+  } catch (error) {
+    if (choice === searchChoice) $("#search-error").textContent = error.message;
+    return;
+  }
+  if (choice !== searchChoice) return; // another choice came meanwhile
+  for (const { url } of searchImages) URL.revokeObjectURL(url);
+  searchImages = files.map((file, i) => ({
+    name: file.name,
+    item: items[i],
+    url: URL.createObjectURL(file),
+  }));
+  const thumbs = $("#search-thumbs");
+  thumbs.replaceChildren(...searchImages.map(thumbnail));
+  thumbs.hidden = false;
+  const names = files.slice(0, 4).map((file) => file.name).join(", ");
+  const more = files.length > 4 ? ` and ${files.length - 4} more` : "";
+  const size = formatBytes(files.reduce((sum, file) => sum + file.size, 0));
+  $("#search-chosen").textContent =
+    `${plural(files.length, "image")} chosen (${size}): ${names}${more}. ` +
+    "Drop or choose others to replace them.";
+}
+
+/** Rank the chosen images against the sentence: one query, the images as candidates. */
+async function search(form) {
+  clearSearchResults();
+  const text = form.text.value.trim();
+  if (!searchImages.length) throw new Error("Choose one or more images to search first.");
+  if (!text) throw new Error("Type a sentence to search the images for.");
+  const images = searchImages; // the ones sent, even if others are chosen meanwhile
+  let answer;
+  try {
+    answer = await api.rank([{ text }], images.map((chosen) => chosen.item));
+  } catch (failure) {
+    throw new Error(explainSearchFailure(failure, images));
+  }
+  // One query (the sentence), so row 0 holds every image's score.
+  const results = images.map((chosen, i) => ({
+    ...chosen,
+    probability: answer.probabilities[0][i],
+    cosine: answer.cosine_similarities[0][i],
+  }));
+  results.sort((a, b) => b.probability - a.probability);
+  const scale = Math.max(...results.map((result) => Math.abs(result.cosine)), 1e-9);
+  $("#search-output").replaceChildren(
+    ...results.map((result, i) => resultCard(result, i + 1, scale)),
+  );
+  const best = results[0];
+  $("#search-status").textContent =
+    `${plural(results.length, "image")} ranked for “${text}”. ` +
+    `Best match: ${best.name}, ${percent(best.probability)}.`;
+}
+
+function clearSearchResults() {
+  $("#search-output").replaceChildren();
+  $("#search-status").textContent = "";
+}
+
+/**
+ * The service names a refused image by its place, `candidates[2].img_blob: ...`: say which
+ * file that is. More images than the server's MAX_ITEMS, or a body over its MAX_BODY_BYTES,
+ * are explained in words (the page does not know those limits before it asks).
+ */
+function explainSearchFailure(failure, images) {
+  const places = failure.message.matchAll(/candidates\[(\d+)\]/g);
+  const names = [...new Set([...places].map((match) => images[Number(match[1])]?.name))];
+  const named = names.filter(Boolean);
+  if (named.length) return `${named.join(", ")}: ${failure.message}`;
+  const most = failure.message.match(/^candidates: List should have at most (\d+) item/);
+  if (most) {
+    return `Too many images: this service ranks at most ${most[1]} at once ` +
+      `(${failure.message}). Choose fewer.`;
+  }
+  if (failure.status === 413 && failure.message.startsWith("body:")) {
+    return `The images are too large to send together (${failure.message}). ` +
+      "Choose fewer or smaller ones.";
+  }
+  return failure.message;
+}
+
+/** One ranked image: thumbnail, rank, name, probability and cosine (each with its bar). */
+function resultCard(result, rank, scale) {
+  const card = document.createElement("li");
+  card.className = "result";
+  const title = document.createElement("p");
+  title.className = "result-title";
+  const place = document.createElement("span");
+  place.className = "rank";
+  place.textContent = `#${rank}`;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = result.name;
+  title.append(place, " ", name);
+  const start = 0.5 + Math.min(0, result.cosine / scale) / 2;
+  const width = Math.abs(result.cosine / scale) / 2;
+  card.append(
+    thumbnail(result),
+    title,
+    barCell(percent(result.probability), 0, result.probability, "probability", false, "div"),
+    barCell(result.cosine.toFixed(4), start, width, "cosine", result.cosine < 0, "div"),
+  );
+  return card;
+}
+
+/**
+ * A chosen image as an <img>, or a note where the browser cannot show it. Decorative: its
+ * file name is written next to it.
+ */
+function thumbnail(chosen) {
+  const img = document.createElement("img");
+  img.className = "thumb";
+  img.alt = "";
+  img.onerror = () => {
+    const note = document.createElement("span");
+    note.className = "thumb no-preview";
+    note.textContent = "no preview";
+    img.replaceWith(note);
+  };
+  img.src = chosen.url;
+  return img;
+}
+
+/**
  * A table of labels with their probability (bar from 0 to 100 %) and cosine similarity
  * (bar from the centre, scaled to the largest |cosine| in the table: real CLIP image-text
  * cosines are small, about 0.2 to 0.35, and their order is what matters).
@@ -226,10 +366,20 @@ function scoreTable(caption, rows) {
   return table;
 }
 
-/** A cell with its number as text and a decorative bar from `start` for `width` (0..1). */
-function barCell(text, start, width, kind, negative = false) {
-  const cell = document.createElement("td");
+/**
+ * A cell (or another element, `tag`) with its number as text and a decorative bar from
+ * `start` for `width` (0..1); its class is `kind`, which also names it for screen readers
+ * outside a table.
+ */
+function barCell(text, start, width, kind, negative = false, tag = "td") {
+  const cell = document.createElement(tag);
   cell.className = kind;
+  if (tag !== "td") {
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = `${kind} `;
+    cell.append(label);
+  }
   const track = document.createElement("span");
   track.className = "track";
   track.setAttribute("aria-hidden", "true");
@@ -249,6 +399,14 @@ function barCell(text, start, width, kind, negative = false) {
 function setText(element, text, muted = false) {
   element.textContent = text;
   element.classList.toggle("muted", muted);
+}
+
+function percent(probability) {
+  return `${(probability * 100).toFixed(2)} %`;
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 function formatBytes(size) {
