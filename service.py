@@ -10,6 +10,7 @@ are a FastAPI app, so they are in the OpenAPI document too.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -39,6 +40,7 @@ from clip_service.server.form_embeddings import OPENAPI_BODY, embed_form
 from clip_service.server.forms import declared_bodies, takes
 from clip_service.server.guard import RouteGuard
 from clip_service.server.interrogation import InterrogationPipeline
+from clip_service.server.jobs import JobRegistry, JobStatus
 from clip_service.server.limits import check_classify_chars, check_rank_pairs, check_url_items
 from clip_service.server.middleware import AccessControl, RequestReader, ResponseShaper
 from clip_service.server.openai_embeddings import (
@@ -120,6 +122,13 @@ class ClipApi:
             )
         self.classifier = Classifier(self.items)
         self.openai = OpenAIEmbeddings(self.items)
+        self.jobs = JobRegistry(
+            settings.jobs_db,
+            settings.max_running_jobs,
+            settings.max_unfinished_jobs,
+            settings.job_ttl_s,
+            settings.job_timeout_s,
+        )
         self.weaviate = WeaviateVectorizer(self.items, settings.max_items, settings.max_json_depth)
 
     @bentoml.on_startup
@@ -227,12 +236,45 @@ class ClipApi:
         ``min_flavors`` only matters in best mode, as in the library; a given ``caption`` is
         used instead of generating one.
         """
+        work = await self._interrogation(image, mode, caption, min_flavors, max_flavors)
+        return await work(None)
+
+    @bentoml.api(route="/jobs/interrogate")
+    @takes("image")
+    @guard
+    async def submit_interrogation(
+        self,
+        image: ImageItem,
+        mode: Mode = Mode.BEST,
+        caption: Text | None = None,
+        min_flavors: Annotated[int, Field(ge=0, le=MAX_FLAVORS)] = 8,
+        max_flavors: Annotated[int, Field(ge=1, le=MAX_FLAVORS)] | None = None,
+    ) -> JobStatus:
+        """``/interrogate`` as a job: answered 202 at once with the job's id (input errors
+        are still a 400 here); poll ``GET /jobs/{id}``, fetch ``GET /jobs/{id}/result``."""
+        work = await self._interrogation(image, mode, caption, min_flavors, max_flavors)
+        return _accepted(self.jobs.submit("interrogate", work))
+
+    async def _interrogation(
+        self,
+        image: ImageItem,
+        mode: Mode,
+        caption: str | None,
+        min_flavors: int,
+        max_flavors: int | None,
+    ) -> Callable[[str | None], Awaitable[InterrogateResult]]:
+        """The interrogation of a decoded image, to run now or as a job (reporting its chain
+        step under the job's key)."""
         interrogation = self._interrogating()
         decoded = await self.items.load_image(image, "image")
-        prompt, used_caption = await interrogation.interrogate(
-            decoded, mode, caption, min_flavors, max_flavors
-        )
-        return InterrogateResult(prompt=prompt, caption=used_caption, mode=mode)
+
+        async def work(progress_key: str | None) -> InterrogateResult:
+            prompt, used_caption = await interrogation.interrogate(
+                decoded, mode, caption, min_flavors, max_flavors, progress_key
+            )
+            return InterrogateResult(prompt=prompt, caption=used_caption, mode=mode)
+
+        return work
 
     @bentoml.api(route="/analyze")
     @takes("image")
@@ -256,10 +298,26 @@ class ClipApi:
     @guard
     async def extract_text(self, image: bytes, /) -> TextResult:
         """Raw image bytes in the body -> its best-mode prompt."""
+        return await (await self._text_extraction(image))(None)
+
+    @bentoml.api(route="/jobs/extract_text")
+    @takes("raw")
+    @guard
+    async def submit_text_extraction(self, image: bytes, /) -> JobStatus:
+        """``/extract_text`` as a job (see ``/jobs/interrogate``)."""
+        return _accepted(self.jobs.submit("extract_text", await self._text_extraction(image)))
+
+    async def _text_extraction(self, image: bytes) -> Callable[[str | None], Awaitable[TextResult]]:
         interrogation = self._interrogating()
         decoded = await self.items.decode(image, "body")
-        prompt, _ = await interrogation.interrogate(decoded, Mode.BEST, None, 8, None)
-        return TextResult(text=prompt)
+
+        async def work(progress_key: str | None) -> TextResult:
+            prompt, _ = await interrogation.interrogate(
+                decoded, Mode.BEST, None, 8, None, progress_key
+            )
+            return TextResult(text=prompt)
+
+        return work
 
     @bentoml.api(route="/classify")
     @takes("image")
@@ -343,6 +401,42 @@ async def form_embeddings(request: Request) -> JSONResponse:
     rid = request_id(request.headers)
     body = await embed_form(request, service.items, settings.max_items, settings.max_text_chars)
     return JSONResponse({"request_id": rid, **body}, headers=echo_headers(rid))
+
+
+def _accepted(job: JobStatus) -> JSONResponse:
+    """202 with the job's status and where to poll it."""
+    headers = {"Location": f"/jobs/{job.id}"}
+    return JSONResponse(job.model_dump(), status_code=202, headers=headers)
+
+
+NO_JOB = {404: {"description": "no such job (or finished over JOB_TTL_S ago)"}}
+
+
+@http.get("/jobs/{job_id}", response_model=JobStatus, tags=["Jobs"], responses=NO_JOB)
+@guard
+async def job_status(job_id: str) -> JobStatus:
+    """A job's state (queued, running, succeeded, failed, cancelled) and, while a best-mode
+    chain runs, its step."""
+    service: ClipApi = bentoml.get_current_service()
+    return await service.jobs.status(job_id, service._interrogating().chain_step)
+
+
+@http.get(
+    "/jobs/{job_id}/result",
+    tags=["Jobs"],
+    responses={**NO_JOB, 409: {"description": "not done, or failed or cancelled"}},
+)
+@guard
+async def job_result(job_id: str) -> JSONResponse:
+    """A finished job's answer, as its route would have given it; 409 until it is done."""
+    return JSONResponse(bentoml.get_current_service().jobs.result(job_id))
+
+
+@http.delete("/jobs/{job_id}", response_model=JobStatus, tags=["Jobs"], responses=NO_JOB)
+@guard
+async def cancel_job(job_id: str) -> JobStatus:
+    """Cancel a queued or running job; a finished one is left as it is."""
+    return bentoml.get_current_service().jobs.cancel(job_id)
 
 
 @http.get("/meta", tags=["Weaviate"])

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     # interrogation waits for label tables that are still being built only if they should be
     # ready within it; otherwise it is answered 503 at once with the build's progress.
     request_timeout_s: float = Field(600, gt=0)
+    # Jobs (POST /jobs/...): a SQLite file every entry worker shares; finished jobs are kept
+    # this long; at most this many run at once per entry worker, and this many unfinished.
+    jobs_db: Path = Path.home() / ".cache" / "clip-service" / "jobs.sqlite3"
+    job_ttl_s: float = Field(3600, gt=0)
+    job_timeout_s: float = Field(3600, gt=0)
+    max_running_jobs: int = Field(2, ge=1)
+    max_unfinished_jobs: int = Field(64, ge=1)
     # On SIGTERM a model service serves on until idle this long (the entry service is done).
     shutdown_quiet_s: float = Field(5.0, ge=0)
 

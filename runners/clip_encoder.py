@@ -12,7 +12,13 @@ from __future__ import annotations
 import bentoml
 import numpy as np
 
-from clip_service.engines.clip_engine import Analysis, ClipEngine, EngineLimits, Interrogation
+from clip_service.engines.clip_engine import (
+    Analysis,
+    ChainProgress,
+    ClipEngine,
+    EngineLimits,
+    Interrogation,
+)
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import SchedulerMetrics
@@ -83,12 +89,20 @@ class ClipEncoder:
         min_flavors: int = 8,
         max_flavors: int | None = None,
         wait_s: float = 0.0,
+        progress_key: str | None = None,
     ) -> Interrogation:
         """clip-interrogator 0.6.0's prompt for raw image features and a caption; none if
-        the label tables will not be ready within ``wait_s``."""
+        the label tables will not be ready within ``wait_s``. ``interrogation_progress``
+        tells how far it is by its ``progress_key``."""
         return await self.engine.interrogate(
-            image_features, mode, caption, min_flavors, max_flavors, wait_s
+            image_features, mode, caption, min_flavors, max_flavors, wait_s, progress_key
         )
+
+    @bentoml.api
+    def interrogation_progress(self, key: str) -> ChainProgress | None:
+        """The chain step of a running interrogation (none when this worker runs none under
+        ``key``: not started, done, or on another worker)."""
+        return self.engine.progress(key)
 
     @bentoml.api
     async def analyze(

@@ -33,6 +33,7 @@ def client(tiny_models, tmp_path_factory) -> Iterator[TestClient]:
         "BENTOML_HOME": str(home / "bentoml"),
         "LABEL_CACHE_DIR": str(home / "labels"),
         "LABEL_TABLES_DOWNLOAD": "false",
+        "JOBS_DB": str(home / "jobs.sqlite3"),
         "HF_HUB_OFFLINE": "1",
     }
     saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
@@ -237,3 +238,21 @@ def test_weaviate_errors_are_a_string_naming_the_field(client, body, named) -> N
     assert answer["error"].startswith(f"{named}: "), answer
     deep = client.post("/vectorize", content=b'{"texts":' + b"[" * 100 + b"]" * 100 + b"}")
     assert deep.status_code == 400 and "nested" in error(deep)
+
+
+def test_a_job_gives_what_its_route_gives(client: TestClient) -> None:
+    """After the tables test above: tables ready. Submit, poll, fetch; bad input is a 400
+    at submission, not a failed job."""
+    body = {"image": {"img_blob": b64(PNG)}, "mode": "fast"}
+    submitted = client.post("/jobs/interrogate", json=body)
+    assert submitted.status_code == 202 and submitted.json()["status"] == "queued"
+    location = submitted.headers["location"]
+    for _ in range(600):
+        if (status := client.get(location).json())["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.05)
+    assert status["status"] == "succeeded", status
+    expected = client.post("/interrogate", json=body).json()
+    assert client.get(f"{location}/result").json() == expected
+    refused = client.post("/jobs/interrogate", json={"image": {"img_blob": "bm90IGFuIGltYWdl"}})
+    assert refused.status_code == 400 and error(refused).startswith("image.img_blob: ")

@@ -126,6 +126,51 @@ def test_extract_text_is_the_best_prompt(server, library):
     assert response.json() == {"text": library.interrogate(IMAGE)}
 
 
+def _submitted(answer: httpx.Response) -> str:
+    assert answer.status_code == 202, answer.text
+    assert answer.headers["location"] == f"/jobs/{answer.json()['id']}"
+    return answer.json()["id"]
+
+
+def _finish(url: str, job_id: str) -> tuple[dict, list[dict]]:
+    """Poll a job to its end: (its last status, every progress seen while it ran)."""
+    location, seen = f"/jobs/{job_id}", []
+    deadline = time.monotonic() + 300
+    while (status := httpx.get(f"{url}{location}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, status
+        if status["status"] == "running":
+            seen.append(status["progress"])
+        time.sleep(0.02)
+    return status, seen
+
+
+def test_best_mode_job_shows_its_chain_steps_and_gives_the_prompt(server, library):
+    image = {"img_blob": b64(image_bytes(IMAGE))}
+    submitted = httpx.post(f"{server}/jobs/interrogate", json={"image": image}, timeout=60)
+    status, seen = _finish(server, _submitted(submitted))
+    assert status["status"] == "succeeded" and status["kind"] == "interrogate"
+    steps = [p["step"] for p in seen if p["stage"] == "chain"]
+    assert steps and steps == sorted(steps) and {p["steps"] for p in seen if p["step"]} == {32}
+    result = httpx.get(f"{server}/jobs/{status['id']}/result").json()
+    assert result == _post(server, "/interrogate")
+    assert result["prompt"] == library.interrogate(IMAGE)
+    text_job = httpx.post(f"{server}/jobs/extract_text", content=image_bytes(IMAGE), timeout=60)
+    status, _ = _finish(server, _submitted(text_job))
+    assert httpx.get(f"{server}/jobs/{status['id']}/result").json() == {"text": result["prompt"]}
+
+
+def test_a_cancelled_job_stops_and_has_no_result(server, library):
+    image = {"img_blob": b64(image_bytes(IMAGE))}
+    job_id = _submitted(httpx.post(f"{server}/jobs/interrogate", json={"image": image}))
+    assert httpx.delete(f"{server}/jobs/{job_id}").status_code == 200
+    status, _ = _finish(server, job_id)
+    assert status["status"] == "cancelled"
+    refused = httpx.get(f"{server}/jobs/{job_id}/result")
+    assert refused.status_code == 409 and refused.json()["error"].startswith("job: the job is")
+    missing = httpx.get(f"{server}/jobs/{'0' * 32}")
+    assert missing.status_code == 404 and missing.json()["error"].startswith("job: no job")
+
+
 def test_analyze_ranks_each_table(server, library):
     body = _post(server, "/analyze", top_k=3)
     features = library.image_to_features(IMAGE)

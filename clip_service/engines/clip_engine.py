@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from clip_service.interrogation.hub_tables import published_tables
-from clip_service.interrogation.interrogator import Interrogator, Mode
+from clip_service.interrogation.interrogator import Interrogator, Mode, StepReport
 from clip_service.interrogation.label_cache import LabelCache, LabelTables
 from clip_service.interrogation.labels import read_label_tables
 from clip_service.interrogation.table_build import TableBuild, TablesStatus
@@ -34,6 +34,13 @@ class Interrogation(BaseModel):
 
     prompt: str | None
     tables: TablesStatus
+
+
+class ChainProgress(BaseModel):
+    """How far a running interrogation's chain is: step ``step`` of at most ``steps``."""
+
+    step: int
+    steps: int
 
 
 class Analysis(BaseModel):
@@ -76,6 +83,7 @@ class ClipEngine:
         )
         self.tables: TableBuild | None = None
         self._interrogator: Interrogator | None = None
+        self._progress: dict[str, ChainProgress] = {}
 
     async def encode_images(
         self, pixels: np.ndarray, priority: Priority = Priority.INTERACTIVE
@@ -122,20 +130,39 @@ class ClipEngine:
         min_flavors: int,
         max_flavors: int | None,
         wait_s: float,
+        progress_key: str | None = None,
     ) -> Interrogation:
-        """The prompt, or none when the label tables will not be ready within ``wait_s``."""
+        """The prompt, or none when the label tables will not be ready within ``wait_s``.
+        With a ``progress_key``, :meth:`progress` tells how far its chain is meanwhile."""
         tables = self._tables()
         interrogator = await self._ready(tables, wait_s)
         prompt = None
         if interrogator is not None:
-            prompt = await interrogator.interrogate(
-                image_features,
-                mode,
-                caption=caption,
-                min_flavors=min_flavors,
-                max_flavors=max_flavors,
-            )
+            try:
+                prompt = await interrogator.interrogate(
+                    image_features,
+                    mode,
+                    caption=caption,
+                    min_flavors=min_flavors,
+                    max_flavors=max_flavors,
+                    on_step=self._reporter(progress_key),
+                )
+            finally:
+                self._progress.pop(progress_key or "", None)
         return Interrogation(prompt=prompt, tables=tables.status())
+
+    def progress(self, key: str) -> ChainProgress | None:
+        """The chain step of the interrogation running under ``key`` in this worker."""
+        return self._progress.get(key)
+
+    def _reporter(self, key: str | None) -> StepReport | None:
+        if key is None:
+            return None
+
+        def report(step: int, steps: int) -> None:
+            self._progress[key] = ChainProgress(step=step, steps=steps)
+
+        return report
 
     async def analyze(self, image_features: np.ndarray, top_k: int, wait_s: float) -> Analysis:
         """Top-k labels per table, or none when the tables will not be ready within ``wait_s``."""

@@ -36,6 +36,8 @@ __all__ = [
 ANALYZE_TABLES = ("mediums", "artists", "movements", "trendings", "flavors")
 
 Captioner = Callable[[], Awaitable[str]]
+# Called with (k, n) as chain step k of at most n begins.
+StepReport = Callable[[int, int], None]
 """Produces the image's caption; only awaited when a mode needs one and none was given."""
 
 
@@ -179,8 +181,11 @@ class Interrogator:
         captioner: Captioner | None = None,
         min_flavors: int = 8,
         max_flavors: int | None = None,
+        on_step: StepReport | None = None,
     ) -> str:
         """0.6.0's ``interrogate``/``_classic``/``_fast``/``_negative`` for raw image features.
+
+        ``on_step(k, n)`` is called as chain step k of at most n begins (best and negative).
 
         ``max_flavors`` defaults to the library method's default for the mode (classic: 3,
         others: 32); ``min_flavors`` only affects ``best`` (0.6.0's negative chain always uses
@@ -194,7 +199,7 @@ class Interrogator:
             raise ValueError("min_flavors and max_flavors must not be negative")
         image = self._normalise(image_features)
         if mode is Mode.NEGATIVE:
-            return await self._negative(image, max_flavors)
+            return await self._negative(image, max_flavors, on_step)
         if not caption and captioner is not None:
             caption = await captioner()
         if caption is None:
@@ -203,7 +208,7 @@ class Interrogator:
             return await self._classic(image, caption, max_flavors)
         if mode is Mode.FAST:
             return await self._fast(image, caption, max_flavors)
-        return await self._best(image, caption, min_flavors, max_flavors)
+        return await self._best(image, caption, min_flavors, max_flavors, on_step)
 
     async def analyze(
         self, image_features: np.ndarray, top_k: int = 5
@@ -242,13 +247,18 @@ class Interrogator:
         return [table.labels[i] for i in top]
 
     async def _best(
-        self, image: torch.Tensor, caption: str, min_flavors: int, max_flavors: int
+        self,
+        image: torch.Tensor,
+        caption: str,
+        min_flavors: int,
+        max_flavors: int,
+        on_step: StepReport | None,
     ) -> str:
         count = self.settings.flavor_intermediate_count
         flaves = await self._rank(self._merged, image, count)
         best_sim = await self._similarity(image, caption)
         best_prompt = await self._chain(
-            image, flaves, caption, best_sim, min_count=min_flavors, max_count=max_flavors
+            image, flaves, caption, best_sim, min_flavors, max_flavors, on_step=on_step
         )
         fast_prompt = await self._fast(image, caption, max_flavors)
         # 0.6.0 quirk: the classic candidate gets max_flavors flavors, not classic's 3.
@@ -273,11 +283,15 @@ class Interrogator:
         tops = await self._rank(self._merged, image, max_flavors)
         return await self._truncate_to_fit(caption + ", " + ", ".join(tops))
 
-    async def _negative(self, image: torch.Tensor, max_flavors: int) -> str:
+    async def _negative(
+        self, image: torch.Tensor, max_flavors: int, on_step: StepReport | None
+    ) -> str:
         count = self.settings.flavor_intermediate_count
         flaves = await self._rank(self._tables["flavors"], image, count, reverse=True)
         phrases = flaves + self._negative_labels
-        return await self._chain(image, phrases, max_count=max_flavors, reverse=True)
+        return await self._chain(
+            image, phrases, max_count=max_flavors, reverse=True, on_step=on_step
+        )
 
     async def _chain(
         self,
@@ -288,6 +302,7 @@ class Interrogator:
         min_count: int = 8,
         max_count: int = 32,
         reverse: bool = False,
+        on_step: StepReport | None = None,
     ) -> str:
         """0.6.0's ``chain``: greedily append the phrase that scores best, keep the best prompt.
 
@@ -309,6 +324,8 @@ class Interrogator:
         for idx in range(max_count):
             if not pool:  # 0.6.0 would fail on an empty batch here; there is nothing to add
                 break
+            if on_step is not None:
+                on_step(idx + 1, max_count)
             phrase_list = list(pool)
             prefix = curr_prompt + ", "
             flave = phrase_list[

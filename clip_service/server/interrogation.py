@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from clip_service.engines.clip_engine import Analysis, Interrogation
+from clip_service.engines.clip_engine import Analysis, ChainProgress, Interrogation
 from clip_service.errors import Unavailable
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
@@ -44,6 +44,7 @@ class InterrogatingEncoder(Protocol):
     async def label_tables(self) -> TablesStatus: ...
     async def interrogate(self, **kwargs: Any) -> Interrogation: ...
     async def analyze(self, **kwargs: Any) -> Analysis: ...
+    async def interrogation_progress(self, key: str) -> ChainProgress | None: ...
 
 
 class InterrogationPipeline:
@@ -75,9 +76,11 @@ class InterrogationPipeline:
         caption: str | None,
         min_flavors: int,
         max_flavors: int | None,
+        progress_key: str | None = None,
     ) -> tuple[str, str]:
         """(prompt, caption used: "" in negative mode, which uses none). The caption is
-        generated while CLIP encodes the image, unless given or not needed."""
+        generated while CLIP encodes the image, unless given or not needed; with a
+        ``progress_key``, :meth:`chain_step` tells how far it is meanwhile."""
         started = time.monotonic()
         await self._refuse_unless_tables_due()
         jobs: list[Any] = [self.items.encode_image(image, Priority.INTERROGATION)]
@@ -93,10 +96,16 @@ class InterrogationPipeline:
             min_flavors=min_flavors,
             max_flavors=max_flavors,
             wait_s=self._wait_left(started),
+            progress_key=progress_key,
         )
         if answer.prompt is None:
             raise tables_unavailable(answer.tables)
         return answer.prompt, "" if mode is Mode.NEGATIVE else caption or ""
+
+    async def chain_step(self, key: str) -> tuple[int, int] | None:
+        """(step, at most this many steps) of the interrogation running under ``key``."""
+        progress = await self.encoder.interrogation_progress(key=key)
+        return None if progress is None else (progress.step, progress.steps)
 
     async def analyze(self, image: Image.Image, top_k: int) -> dict[str, list[tuple[str, float]]]:
         started = time.monotonic()
