@@ -97,6 +97,7 @@ http = FastAPI(title="clip-service", openapi_url=None, docs_url=None, redoc_url=
     # BentoML's own timeout only backs up the routes' guard, which answers 504 in the
     # project's shape first.
     traffic={"timeout": settings.request_timeout_s + 5},
+    workers=settings.entry_worker_count,
 )
 class ClipApi:
     # Each model service runs beside this one unless its URL is set (split deployment);
@@ -391,7 +392,11 @@ async def served_model() -> ServedModel:
     )
 
 
-@http.post("/embeddings", openapi_extra=OPENAPI_BODY)
+@http.post(
+    "/embeddings",
+    openapi_extra=OPENAPI_BODY,
+    responses={400: {"description": 'bad input: {"error": "<field>: <problem>"}'}},
+)
 @guard
 async def form_embeddings(request: Request) -> JSONResponse:
     """A multipart form: every field (a file or a text, named by you) -> its vector under its

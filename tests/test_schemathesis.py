@@ -87,9 +87,10 @@ APIS = [
 ]
 # A job's routes: any id is a 404 (their positive cases are all that can be generated).
 JOBS = ["GET /jobs/{job_id}", "GET /jobs/{job_id}/result", "DELETE /jobs/{job_id}"]
-# Their body is any string (text/plain, binary): no request violates the document, so they
-# have no negative cases (Hypothesis finds none).
-RAW_BODY_APIS = ["POST /extract_text", "POST /vectorize", "POST /jobs/extract_text"]
+# Their body is any string (text/plain, binary), or a form of any fields the caller names:
+# no request violates the document, so they have no negative cases.
+ANY_BODY_APIS = ["POST /extract_text", "POST /vectorize", "POST /jobs/extract_text"]
+ANY_BODY_APIS += ["POST /embeddings"]
 # Positive cases of these routes get real images in place of some generated ``img_blob``s
 # (or raw bodies), so their 200 answers are checked against the document too. Schemathesis
 # already puts real images in multipart binary fields (/tag, /wearable). Not /interrogate,
@@ -217,8 +218,8 @@ def _checks(response: requests.Response, mode: GenerationMode) -> list:
 
 @pytest.mark.parametrize(
     ("label", "mode"),
-    [(label, GenerationMode.POSITIVE) for label in INFRA + RAW_BODY_APIS + JOBS]
-    + [(label, mode) for label in APIS if label not in RAW_BODY_APIS for mode in GenerationMode],
+    [(label, GenerationMode.POSITIVE) for label in INFRA + ANY_BODY_APIS + JOBS]
+    + [(label, mode) for label in APIS if label not in ANY_BODY_APIS for mode in GenerationMode],
     ids=lambda value: str(value),
 )
 def test_fuzz_operation(api_schema, open_clip_url, tally, label, mode):

@@ -72,7 +72,7 @@ def test_openai_client_with_the_right_key_works_and_a_wrong_one_is_refused(url):
     with pytest.raises(openai.AuthenticationError) as refused:
         wrong.embeddings.create(model="clip", input=["a photo of a cat"])
     assert refused.value.status_code == 401
-    assert refused.value.message == "authorization: the API key is not valid"
+    assert refused.value.body["message"] == "authorization: the API key is not valid"
     assert refused.value.code == "invalid_api_key"
 
 
