@@ -6,6 +6,7 @@ public deployment on a small CPU machine.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -53,6 +54,15 @@ class Settings(BaseSettings):
     # at once (503 with Retry-After) rather than queued.
     max_latency_ms: int = Field(60_000, ge=1)
     encoder_workers: int = Field(1, ge=1)
+    # Entry service processes: decoding and preprocessing run in them. Unset: one per four
+    # cores (the rest are the model's), at least one; per-worker limits (MAX_CONCURRENCY,
+    # MAX_RUNNING_JOBS) apply in each.
+    entry_workers: int | None = Field(None, ge=1)
+
+    @property
+    def entry_worker_count(self) -> int:
+        return self.entry_workers or max(1, (os.cpu_count() or 1) // 4)
+
     # The entry service's limit for one request (BentoML answers 504 past it). An
     # interrogation waits for label tables that are still being built only if they should be
     # ready within it; otherwise it is answered 503 at once with the build's progress.
@@ -89,6 +99,10 @@ class Settings(BaseSettings):
     label_tables_download: bool = True
     # Interrogation label-table embeddings, one safetensors file per model and table.
     label_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "label-embeddings"
+    # Custom label tables: one <name>.txt per table (one term per line), uploads land here.
+    label_lists_dir: Path = Path.home() / ".cache" / "clip-service" / "label-lists"
+    max_label_lists: int = Field(32, ge=1)
+    max_list_labels: int = Field(20_000, ge=1)
 
     # Input limits (docs/api.md, "Limits").
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
