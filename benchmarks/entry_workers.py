@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (
     bentoml_command,
     bentoml_env,
