@@ -12,19 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import bentoml
 import torch
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import Field
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
-from clip_service.errors import InvalidInput, NotServed
+from clip_service.errors import InvalidInput, NotServed, error_body, validation_message
+from clip_service.interrogation.custom_tables import CustomTableStatus, ListLimits
 from clip_service.interrogation.interrogator import Mode
 from clip_service.models.ranking import rank
+from clip_service.scheduling import Priority
 from clip_service.server import hooks, logs
 from clip_service.server.auth import ApiKeys, warn_if_open
 from clip_service.server.classify import (
@@ -41,6 +46,7 @@ from clip_service.server.forms import declared_bodies, takes
 from clip_service.server.guard import RouteGuard
 from clip_service.server.interrogation import InterrogationPipeline
 from clip_service.server.jobs import JobRegistry, JobStatus
+from clip_service.server.label_lists import LabelLists
 from clip_service.server.limits import check_classify_chars, check_rank_pairs, check_url_items
 from clip_service.server.middleware import AccessControl, RequestReader, ResponseShaper
 from clip_service.server.openai_embeddings import (
@@ -62,6 +68,7 @@ from clip_service.server.schemas import (
     InterrogateResult,
     InterrogationInfo,
     Items,
+    LabelScore,
     RankResult,
     ServedModel,
     Tag,
@@ -85,7 +92,12 @@ warn_if_open(bool(settings.api_key_list))
 guard = RouteGuard(settings.request_timeout_s, settings.max_concurrency)
 MAX_FLAVORS = settings.max_flavors
 MAX_LABELS = 1000
-LabelSetName = Literal[tuple(LABEL_SETS)]
+MAX_EXTRA_TABLES = 8
+EXTRA_TABLE_TOP_K = 5  # terms of each custom table beside a prompt
+ExtraTables = Annotated[
+    list[str],
+    Field(max_length=MAX_EXTRA_TABLES, description="custom label tables to rank the image in"),
+]
 
 # The routes BentoML's API decorator cannot express; their bodies are the functions below.
 http = FastAPI(title="clip-service", openapi_url=None, docs_url=None, redoc_url=None)
@@ -130,6 +142,10 @@ class ClipApi:
             settings.job_ttl_s,
             settings.job_timeout_s,
         )
+        limits = ListLimits(
+            settings.max_label_lists, settings.max_list_labels, settings.max_text_chars
+        )
+        self.label_lists = LabelLists(encoder, limits)
         self.weaviate = WeaviateVectorizer(self.items, settings.max_items, settings.max_json_depth)
 
     @bentoml.on_startup
@@ -230,14 +246,18 @@ class ClipApi:
         caption: Text | None = None,
         min_flavors: Annotated[int, Field(ge=0, le=MAX_FLAVORS)] = 8,
         max_flavors: Annotated[int, Field(ge=1, le=MAX_FLAVORS)] | None = None,
+        label_tables: ExtraTables | None = None,
     ) -> InterrogateResult:
         """A text prompt for the image, as clip-interrogator 0.6.0 makes it.
 
         ``max_flavors`` defaults to the library's per mode (classic 3, others 32);
         ``min_flavors`` only matters in best mode, as in the library; a given ``caption`` is
-        used instead of generating one.
+        used instead of generating one. Custom ``label_tables`` are ranked beside it (their
+        top 5 terms each, the prompt unchanged), as the library's ``LabelTable`` is.
         """
-        work = await self._interrogation(image, mode, caption, min_flavors, max_flavors)
+        work = await self._interrogation(
+            image, mode, caption, min_flavors, max_flavors, label_tables
+        )
         return await work(None)
 
     @bentoml.api(route="/jobs/interrogate")
@@ -250,10 +270,13 @@ class ClipApi:
         caption: Text | None = None,
         min_flavors: Annotated[int, Field(ge=0, le=MAX_FLAVORS)] = 8,
         max_flavors: Annotated[int, Field(ge=1, le=MAX_FLAVORS)] | None = None,
+        label_tables: ExtraTables | None = None,
     ) -> JobStatus:
         """``/interrogate`` as a job: answered 202 at once with the job's id (input errors
         are still a 400 here); poll ``GET /jobs/{id}``, fetch ``GET /jobs/{id}/result``."""
-        work = await self._interrogation(image, mode, caption, min_flavors, max_flavors)
+        work = await self._interrogation(
+            image, mode, caption, min_flavors, max_flavors, label_tables
+        )
         return _accepted(self.jobs.submit("interrogate", work))
 
     async def _interrogation(
@@ -263,6 +286,7 @@ class ClipApi:
         caption: str | None,
         min_flavors: int,
         max_flavors: int | None,
+        label_tables: list[str] | None = None,
     ) -> Callable[[str | None], Awaitable[InterrogateResult]]:
         """The interrogation of a decoded image, to run now or as a job (reporting its chain
         step under the job's key)."""
@@ -273,7 +297,10 @@ class ClipApi:
             prompt, used_caption = await interrogation.interrogate(
                 decoded, mode, caption, min_flavors, max_flavors, progress_key
             )
-            return InterrogateResult(prompt=prompt, caption=used_caption, mode=mode)
+            extra = await self._extra_tables(decoded, label_tables, EXTRA_TABLE_TOP_K)
+            return InterrogateResult(
+                prompt=prompt, caption=used_caption, mode=mode, label_tables=extra
+            )
 
         return work
 
@@ -281,9 +308,13 @@ class ClipApi:
     @takes("image")
     @guard
     async def analyze(
-        self, image: ImageItem, top_k: Annotated[int, Field(ge=1, le=100)] = 5
+        self,
+        image: ImageItem,
+        top_k: Annotated[int, Field(ge=1, le=100)] = 5,
+        label_tables: ExtraTables | None = None,
     ) -> AnalyzeResult:
-        """The top-k labels of each label table, with their cosine similarity to the image."""
+        """The top-k labels of each label table (and of the custom ``label_tables``), with
+        their cosine similarity to the image."""
         interrogation = self._interrogating()
         decoded = await self.items.load_image(image, "image")
         tables = await interrogation.analyze(decoded, top_k)
@@ -291,8 +322,22 @@ class ClipApi:
             **{
                 name: [{"label": label, "score": score} for label, score in ranked]
                 for name, ranked in tables.items()
-            }
+            },
+            label_tables=await self._extra_tables(decoded, label_tables, top_k),
         )
+
+    async def _extra_tables(
+        self, image: Image.Image, names: list[str] | None, top_k: int
+    ) -> dict[str, list[LabelScore]] | None:
+        """The image's top terms in each named custom table (None when none are asked)."""
+        if not names:
+            return None
+        vector = await self.items.encode_image(image, Priority.INTERROGATION)
+        ranked = await self.label_lists.rank(vector, names, top_k, "label_tables")
+        return {
+            name: [LabelScore(label=t.label, score=t.cosine) for t in terms]
+            for name, terms in ranked.items()
+        }
 
     @bentoml.api(route="/extract_text")
     @takes("raw")
@@ -327,18 +372,30 @@ class ClipApi:
         self,
         image: ImageItem,
         labels: Annotated[list[Text], Field(min_length=1, max_length=MAX_LABELS)] | None = None,
-        label_set: LabelSetName | None = None,
+        label_set: Annotated[
+            str, Field(description=f"{', '.join(LABEL_SETS)}, or a custom label table's name")
+        ]
+        | None = None,
         template: Annotated[str, Field(min_length=2, max_length=200)] = DEFAULT_TEMPLATE,
         top_k: Annotated[int, Field(ge=1, le=MAX_LABELS)] = 5,
     ) -> ClassifyResult:
-        """Zero-shot classification against ``labels`` (each put in ``template``) or a stored
-        ``label_set``; the top-k of each group with probability and cosine."""
+        """Zero-shot classification against ``labels`` (each put in ``template``), a stored
+        ``label_set`` or a custom label table (its terms as they are, like
+        clip-interrogator's ``LabelTable``); the top-k of each group with probability and
+        cosine."""
         if (labels is None) == (label_set is None):
             raise InvalidInput("labels", "give either labels or label_set")
+        custom = label_set is not None and label_set not in LABEL_SETS
+        if custom and template != DEFAULT_TEMPLATE:
+            raise InvalidInput("template", "a custom label table is embedded as its terms")
         parsed = parse_template(template)
         if labels is not None:
             check_classify_chars(labels, template, settings.max_classify_chars)
         vector = await self.items.encode_image(await self.items.load_image(image, "image"))
+        if custom:
+            ranked = await self.label_lists.rank(vector, [label_set], top_k, "label_set")
+            scores = [ClassScore(**t.model_dump(), group=label_set) for t in ranked[label_set]]
+            return ClassifyResult(scores=scores)
         scores = await self.classifier.classify(vector, labels, label_set, parsed, top_k)
         return ClassifyResult(scores=[ClassScore(**vars(score)) for score in scores])
 
@@ -442,6 +499,65 @@ async def job_result(job_id: str) -> JSONResponse:
 async def cancel_job(job_id: str) -> JobStatus:
     """Cancel a queued or running job; a finished one is left as it is."""
     return bentoml.get_current_service().jobs.cancel(job_id)
+
+
+class LabelList(BaseModel):
+    name: str = Field(description="1-64 of a-z, 0-9, _ and -")
+    labels: list[str] = Field(description="the terms, one per item")
+
+
+@http.post(
+    "/label-tables",
+    response_model=CustomTableStatus,
+    status_code=202,
+    tags=["Label tables"],
+    responses={200: {"description": "ready already"}, 400: {"description": "a bad list"}},
+)
+@guard
+async def put_label_table(table: LabelList) -> JSONResponse:
+    """Store a custom label table (replacing one of that name) and embed its terms once,
+    in the background (202 until ready); cached by model and list."""
+    status = await bentoml.get_current_service().label_lists.put(table.name, table.labels)
+    code = 200 if status.state == "ready" else 202
+    return JSONResponse(status.model_dump(), status_code=code)
+
+
+@http.exception_handler(HTTPException)
+async def unreadable_body(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own errors in the project's shape; a body it cannot parse is the body's."""
+    message = f"body: {exc.detail}" if exc.status_code == 400 else str(exc.detail)
+    return JSONResponse(error_body(message), exc.status_code, headers=exc.headers)
+
+
+@http.exception_handler(RequestValidationError)
+async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """The app's routes answer bad bodies as every route does: a 400 naming the fields."""
+    errors = [
+        {**e, "loc": e["loc"][1:] if e["loc"][:1] == ("body",) else e["loc"]} for e in exc.errors()
+    ]
+    return JSONResponse(error_body(validation_message(errors)), status_code=400)
+
+
+@http.get("/label-tables", response_model=list[CustomTableStatus], tags=["Label tables"])
+@guard
+async def label_tables() -> list[CustomTableStatus]:
+    """The custom label tables (``POST /label-tables``, or files in ``LABEL_LISTS_DIR``)
+    and whether each is ready."""
+    return await bentoml.get_current_service().label_lists.all()
+
+
+@http.delete(
+    "/label-tables/{name}",
+    status_code=204,
+    tags=["Label tables"],
+    responses={404: {"description": "no such table"}},
+)
+@guard
+async def delete_label_table(name: str) -> Response:
+    """Remove a custom label table (its cached embeddings stay, keyed by its terms)."""
+    if not await bentoml.get_current_service().label_lists.delete(name):
+        return JSONResponse(error_body(f"name: no custom label table {name!r}"), status_code=404)
+    return Response(status_code=204)
 
 
 @http.get("/meta", tags=["Weaviate"])

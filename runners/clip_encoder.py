@@ -19,6 +19,12 @@ from clip_service.engines.clip_engine import (
     EngineLimits,
     Interrogation,
 )
+from clip_service.interrogation.custom_tables import (
+    CustomTableStatus,
+    ListLimits,
+    Ranking,
+    check_list,
+)
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import SchedulerMetrics
@@ -36,6 +42,9 @@ from runners.model_service import (
 )
 
 settings = get_settings()
+LIST_LIMITS = ListLimits(
+    settings.max_label_lists, settings.max_list_labels, settings.max_text_chars
+)
 
 
 @bentoml.service(**model_service_config("ClipEncoder", settings.encoder_workers))
@@ -59,8 +68,11 @@ class ClipEncoder:
 
     @bentoml.on_startup
     def start_label_tables(self) -> None:
-        """Interrogation's label tables load, download or build from the start, at the
-        lowest priority; nothing to do for a CLIP-only deployment."""
+        """Custom label tables, and interrogation's, load, download or build from the start,
+        at the lowest priority (interrogation's: not for a CLIP-only deployment)."""
+        self.engine.start_custom_tables(
+            settings.label_lists_dir, settings.label_cache_dir, LIST_LIMITS
+        )
         if settings.interrogation:
             self.engine.build_label_tables(settings.label_cache_dir, settings.label_tables_download)
 
@@ -115,6 +127,30 @@ class ClipEncoder:
     def label_tables(self) -> TablesStatus | None:
         """How far the label tables are; null when this deployment does no interrogation."""
         return self.engine.tables_status()
+
+    # The custom tables' APIs run on the event loop, where their embedding runs.
+    @bentoml.api
+    async def label_lists(self) -> list[CustomTableStatus]:
+        """The custom label tables and how far each is."""
+        return self.engine.custom_tables().statuses()
+
+    @bentoml.api
+    async def put_label_list(self, name: str, labels: list[str]) -> CustomTableStatus | None:
+        """Store a custom table (checked by the caller) and start embedding it; none when
+        there are too many tables."""
+        custom = self.engine.custom_tables()
+        return custom.put(check_list(name, labels, LIST_LIMITS))
+
+    @bentoml.api
+    async def delete_label_list(self, name: str) -> bool:
+        return self.engine.custom_tables().delete(name)
+
+    @bentoml.api
+    async def rank_label_lists(
+        self, image_features: np.ndarray, names: list[str], top_k: int
+    ) -> dict[str, Ranking]:
+        """Each named custom table's top-k terms for raw image features."""
+        return self.engine.rank_custom_tables(image_features, names, top_k)
 
     @bentoml.api
     def count_tokens(self, texts: list[str]) -> list[int]:

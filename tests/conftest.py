@@ -104,6 +104,9 @@ def serve_env(tmp_home: Path, **env: str) -> dict[str, str]:
         "SHUTDOWN_QUIET_S": "1",
         # One ONNX export per tiny model for the whole session (keyed by weights).
         "ONNX_CACHE_DIR": str(tmp_home.parent / "onnx-cache"),
+        # The server's own files, never the user's.
+        "JOBS_DB": str(tmp_home / "jobs.sqlite3"),
+        "LABEL_LISTS_DIR": str(tmp_home / "label-lists"),
         **env,
     }
 

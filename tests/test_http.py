@@ -10,6 +10,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +35,8 @@ def client(tiny_models, tmp_path_factory) -> Iterator[TestClient]:
         "LABEL_CACHE_DIR": str(home / "labels"),
         "LABEL_TABLES_DOWNLOAD": "false",
         "JOBS_DB": str(home / "jobs.sqlite3"),
+        "LABEL_LISTS_DIR": str(home / "label-lists"),
+        "MAX_LABEL_LISTS": "3",
         "HF_HUB_OFFLINE": "1",
     }
     saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
@@ -196,6 +199,7 @@ def test_interrogation_waits_for_its_tables_then_answers(client: TestClient) -> 
     answer = client.post("/interrogate", json={"image": image, "mode": "fast"}).json()
     assert answer["prompt"].startswith(answer["caption"]) and answer["mode"] == "fast"
     analysis = client.post("/analyze", json={"image": image, "top_k": 2}).json()
+    assert analysis.pop("label_tables") is None  # none asked for
     assert all(len(ranked) == 2 for ranked in analysis.values())
 
 
@@ -256,3 +260,89 @@ def test_a_job_gives_what_its_route_gives(client: TestClient) -> None:
     assert client.get(f"{location}/result").json() == expected
     refused = client.post("/jobs/interrogate", json={"image": {"img_blob": "bm90IGFuIGltYWdl"}})
     assert refused.status_code == 400 and error(refused).startswith("image.img_blob: ")
+
+
+def wait_for_table(client: TestClient, name: str) -> dict:
+    for _ in range(400):
+        tables = {t["name"]: t for t in client.get("/label-tables").json()}
+        if tables.get(name, {}).get("state") == "ready":
+            return tables[name]
+        time.sleep(0.05)
+    raise AssertionError(f"custom label table {name} not ready: {tables}")
+
+
+def test_custom_label_tables_in_classify_analyze_and_interrogate(client: TestClient) -> None:
+    deadline = time.monotonic() + 120
+    while client.get("/model").json()["interrogation"]["label_tables"]["state"] != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    colors = ["red", "green", "blue", "a red square"]
+    put = client.post("/label-tables", json={"name": "colors", "labels": colors})
+    assert put.status_code in (200, 202) and put.json()["labels"] == 4
+    assert wait_for_table(client, "colors") == {
+        "name": "colors",
+        "labels": 4,
+        "state": "ready",
+        "error": None,
+    }
+    image = {"img_blob": b64(PNG)}
+    scores = client.post("/classify", json={"image": image, "label_set": "colors"}).json()
+    scores = scores["scores"]
+    assert sorted(s["label"] for s in scores) == sorted(colors)
+    assert sum(s["probability"] for s in scores) == pytest.approx(1, abs=1e-4)
+    assert {s["group"] for s in scores} == {"colors"}
+    # The cosines are the terms' own embeddings (no template), as LabelTable ranks them.
+    image_vector = np.array(client.post("/encode", json=[image]).json()[0])
+    terms = np.array(client.post("/encode", json=[{"text": t} for t in colors]).json())
+    expected = (terms / np.linalg.norm(terms, axis=1, keepdims=True)) @ (
+        image_vector / np.linalg.norm(image_vector)
+    )
+    for score in scores:
+        cosine = expected[colors.index(score["label"])]
+        assert score["cosine"] == pytest.approx(cosine, abs=2e-3)  # float16 table, as 0.6.0
+    analysis = client.post(
+        "/analyze", json={"image": image, "top_k": 2, "label_tables": ["colors"]}
+    )
+    assert [t["label"] for t in analysis.json()["label_tables"]["colors"]] == [
+        s["label"] for s in scores[:2]
+    ]
+    plain = client.post("/interrogate", json={"image": image, "mode": "fast"}).json()
+    extra = {"image": image, "mode": "fast", "label_tables": ["colors"]}
+    with_table = client.post("/interrogate", json=extra).json()
+    assert (
+        with_table["prompt"] == plain["prompt"] and len(with_table["label_tables"]["colors"]) == 4
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"name": "Bad Name", "labels": ["a"]}, "name"),
+        ({"name": 3, "labels": ["a"]}, "name"),  # the app's own validation
+        ({"name": "missing"}, "labels"),
+        ({"name": "empty", "labels": []}, "labels"),
+        ({"name": "blank", "labels": ["a", " "]}, "labels[1]"),
+        ({"name": "lines", "labels": ["a\nb"]}, "labels[0]"),
+        ({"name": "long", "labels": ["x" * 5000]}, "labels[0]"),
+    ],
+)
+def test_bad_label_lists_are_a_400_naming_the_field(client, body, named) -> None:
+    refused = client.post("/label-tables", json=body)
+    assert refused.status_code == 400 and error(refused).startswith(f"{named}: "), refused.text
+
+
+def test_custom_tables_come_from_the_directory_are_limited_and_deleted(client) -> None:
+    directory = Path(os.environ["LABEL_LISTS_DIR"])
+    (directory / "animals.txt").write_text("cat\ndog\n\nbird\n")
+    assert wait_for_table(client, "animals")["labels"] == 3
+    image = {"img_blob": b64(PNG)}
+    unknown = client.post("/classify", json={"image": image, "label_set": "nope"})
+    assert unknown.status_code == 400 and error(unknown).startswith("label_set: no custom")
+    templated = {"image": image, "label_set": "animals", "template": "a photo of {}"}
+    assert error(client.post("/classify", json=templated)).startswith("template: ")
+    client.post("/label-tables", json={"name": "third", "labels": ["x"]})
+    full = client.post("/label-tables", json={"name": "fourth", "labels": ["y"]})
+    assert full.status_code == 400 and error(full).startswith("name: there are 3 custom")
+    assert client.delete("/label-tables/animals").status_code == 204
+    assert client.delete("/label-tables/animals").status_code == 404
+    assert "animals" not in {t["name"] for t in client.get("/label-tables").json()}

@@ -84,9 +84,11 @@ APIS = [
     "POST /embeddings",
     "POST /jobs/interrogate",
     "POST /jobs/extract_text",
+    "POST /label-tables",
 ]
-# A job's routes: any id is a 404 (their positive cases are all that can be generated).
+# Routes of a named job or table: any name is a 404 (positive cases are all there are).
 JOBS = ["GET /jobs/{job_id}", "GET /jobs/{job_id}/result", "DELETE /jobs/{job_id}"]
+JOBS += ["DELETE /label-tables/{name}", "GET /label-tables"]
 # Their body is any string (text/plain, binary), or a form of any fields the caller names:
 # no request violates the document, so they have no negative cases.
 ANY_BODY_APIS = ["POST /extract_text", "POST /vectorize", "POST /jobs/extract_text"]

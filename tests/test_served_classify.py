@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
 import numpy as np
@@ -51,6 +52,23 @@ def test_classify_with_a_stored_set_gives_top_k_per_group(open_clip_url):
         LABEL_SETS["pets"].groups["fur"]
     )
     assert scores[0]["probability"] >= scores[1]["probability"]
+
+
+def test_a_custom_label_table_through_the_model_service(open_clip_url):
+    """Stored and embedded by the encoder service, ranked there, answered by the entry."""
+    terms = ["a red square", "a green circle", "noise"]
+    put = httpx.post(f"{open_clip_url}/label-tables", json={"name": "shapes", "labels": terms})
+    assert put.status_code in (200, 202), put.text
+    deadline = time.monotonic() + 60
+    while (tables := httpx.get(f"{open_clip_url}/label-tables").json())[0]["state"] != "ready":
+        assert time.monotonic() < deadline, tables
+        time.sleep(0.2)
+    assert tables == [{"name": "shapes", "labels": 3, "state": "ready", "error": None}]
+    image = {"img_blob": b64(image_bytes(make_image(3)))}
+    body = {"image": image, "label_set": "shapes", "top_k": 2}
+    scores = httpx.post(f"{open_clip_url}/classify", json=body).json()["scores"]
+    assert len(scores) == 2 and {s["label"] for s in scores} <= set(terms)
+    assert httpx.delete(f"{open_clip_url}/label-tables/shapes").status_code == 204
 
 
 def test_tag_returns_one_tag_per_group_and_echoes_the_request_id(open_clip_url):
@@ -111,7 +129,7 @@ def test_embeddings_form_fields_by_name(open_clip_url):
         (
             "/classify",
             {"json": {"image": {"img_blob": b64(IMAGE)}, "label_set": "cars"}},
-            r"^label_set: Input should be",
+            r"^label_set: no custom label table .cars.; see GET /label-tables",
         ),
         (
             "/classify",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from clip_service.interrogation.custom_tables import CustomTables, ListLimits, Ranking
 from clip_service.interrogation.hub_tables import published_tables
 from clip_service.interrogation.interrogator import Interrogator, Mode, StepReport
 from clip_service.interrogation.label_cache import LabelCache, LabelTables
@@ -84,6 +85,7 @@ class ClipEngine:
         self.tables: TableBuild | None = None
         self._interrogator: Interrogator | None = None
         self._progress: dict[str, ChainProgress] = {}
+        self.custom: CustomTables | None = None
 
     async def encode_images(
         self, pixels: np.ndarray, priority: Priority = Priority.INTERACTIVE
@@ -99,6 +101,28 @@ class ClipEngine:
 
     def info(self) -> ModelInfo:
         return self.model.info()
+
+    def start_custom_tables(self, directory: Path, cache_dir: Path, limits: ListLimits) -> None:
+        """Take up the custom label tables in ``directory`` (embedded in the background)."""
+
+        async def encode(texts: Sequence[str]) -> np.ndarray:
+            return await self.encode_texts(texts, Priority.BACKGROUND)
+
+        cache = LabelCache(cache_dir, self.model.spec.raw, encode, progress=False)
+        self.custom = CustomTables(directory, cache, limits)
+        self.custom.refresh()
+
+    def custom_tables(self) -> CustomTables:
+        if self.custom is None:
+            raise RuntimeError("custom label tables were not started")
+        return self.custom
+
+    def rank_custom_tables(
+        self, image_features: np.ndarray, names: Sequence[str], top_k: int
+    ) -> dict[str, Ranking]:
+        scale = self.model.info().logit_scale
+        custom = self.custom_tables()
+        return {name: custom.ranked(image_features, name, top_k, scale) for name in names}
 
     def build_label_tables(self, cache_dir: Path, download: bool) -> None:
         """Start making the interrogation label tables in the background (once).

@@ -64,15 +64,18 @@ class CaptionResult(BaseModel):
     caption: str
 
 
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="cosine similarity of the label to the image")
+
+
 class InterrogateResult(BaseModel):
     prompt: str
     caption: str = Field(description="the caption the prompt starts from; empty in negative mode")
     mode: Mode
-
-
-class LabelScore(BaseModel):
-    label: str
-    score: float = Field(description="cosine similarity of the label to the image")
+    label_tables: dict[str, list[LabelScore]] | None = Field(
+        None, description="the top 5 terms of each custom label table asked for"
+    )
 
 
 class AnalyzeResult(BaseModel):
@@ -81,6 +84,9 @@ class AnalyzeResult(BaseModel):
     movements: list[LabelScore]
     trendings: list[LabelScore]
     flavors: list[LabelScore]
+    label_tables: dict[str, list[LabelScore]] | None = Field(
+        None, description="the custom label tables asked for"
+    )
 
 
 class TextResult(BaseModel):

@@ -1,0 +1,77 @@
+"""The entry's side of custom label tables (:mod:`clip_service.interrogation.custom_tables`):
+lists checked here, stored and embedded by the encoder, and their rankings turned into
+answers or into the error a caller can act on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from clip_service.errors import InvalidInput, Unavailable
+from clip_service.interrogation.custom_tables import (
+    CustomTableStatus,
+    ListLimits,
+    RankedTerm,
+    Ranking,
+    check_list,
+)
+
+# Seconds a caller is told to wait for a table being embedded.
+RETRY_S = 10
+
+
+class ListsEncoder(Protocol):
+    """The custom-table API of the ``ClipEncoder`` service (keyword arguments)."""
+
+    async def label_lists(self) -> list[CustomTableStatus]: ...
+    async def put_label_list(self, **kwargs: Any) -> CustomTableStatus | None: ...
+    async def delete_label_list(self, **kwargs: Any) -> bool: ...
+    async def rank_label_lists(self, **kwargs: Any) -> dict[str, Ranking]: ...
+
+
+class LabelLists:
+    def __init__(self, encoder: ListsEncoder, limits: ListLimits) -> None:
+        self.encoder, self.limits = encoder, limits
+
+    async def put(self, name: str, labels: Sequence[str]) -> CustomTableStatus:
+        table = check_list(name, labels, self.limits)
+        status = await self.encoder.put_label_list(name=table.name, labels=list(table.labels))
+        if status is None:
+            raise InvalidInput(
+                "name", f"there are {self.limits.max_tables} custom tables, the limit"
+            )
+        return status
+
+    async def all(self) -> list[CustomTableStatus]:
+        return await self.encoder.label_lists()
+
+    async def delete(self, name: str) -> bool:
+        return await self.encoder.delete_label_list(name=name)
+
+    async def rank(
+        self, image_features: np.ndarray, names: Sequence[str], top_k: int, field: str
+    ) -> dict[str, list[RankedTerm]]:
+        """Each named table's top-k terms; a 400 naming ``field`` for a table that does not
+        exist or is unusable, a 503 while one is being embedded."""
+        if not names:
+            return {}
+        rankings = await self.encoder.rank_label_lists(
+            image_features=image_features, names=list(dict.fromkeys(names)), top_k=top_k
+        )
+        out = {}
+        for name, ranking in rankings.items():
+            if ranking.status is None:
+                raise InvalidInput(field, f"no custom label table {name!r}; see GET /label-tables")
+            if ranking.status.state == "failed":
+                raise InvalidInput(
+                    field, f"label table {name!r} is unusable: {ranking.status.error}"
+                )
+            if ranking.terms is None:
+                message = (
+                    f"label table {name!r}: its {ranking.status.labels} terms are being embedded"
+                )
+                raise Unavailable(message, RETRY_S)
+            out[name] = ranking.terms
+        return out
