@@ -104,7 +104,7 @@ def test_dimensions_may_only_repeat_the_model_size(open_clip_url):
     assert len(same.data[0].embedding) == 32
     with pytest.raises(openai.BadRequestError) as raised:
         client.embeddings.create(input="a", model="m", dimensions=16)
-    assert re.match(r"^dimensions: .* embeddings have 32 dimensions", raised.value.message)
+    assert re.match(r"^dimensions: .* embeddings have 32 dimensions", raised.value.body["message"])
     assert raised.value.param == "dimensions"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, serve_env
+from tests.conftest import REPO, free_port, serve_env, served
 
 pytestmark = pytest.mark.served
 
@@ -51,3 +52,15 @@ def test_bad_spec_exits_naming_it(tmp_path, tiny_models):
     result = _serve(tmp_path, CLIP_MODEL="/no/such/model", CAPTION_MODEL=str(tiny_models["blip"]))
     assert result.returncode != 0
     assert "error: '/no/such/model': no such directory" in result.stderr
+
+
+def test_the_shipped_bentoml_configuration_is_accepted(tmp_path, tiny_models):
+    """`BENTOML_CONFIG=configuration.yaml bentoml serve`, as docs/configuration.md says."""
+    clip = str(tiny_models["hf-clip"])
+    with served(
+        tmp_path, BENTOML_CONFIG="configuration.yaml", CLIP_MODEL=clip, CAPTION_MODEL="none"
+    ) as url:
+        assert httpx.post(f"{url}/encode", json=[{"text": "a cat"}]).status_code == 200
+    log = next(tmp_path.glob("serve-*.log")).read_text()
+    assert "Applying user config override from path: configuration.yaml" in log
+    assert "path=/encode," in log  # its access log setting

@@ -52,7 +52,8 @@ def build_bento(
 def copy_included(project: Path, include: list[str], exclude: list[str], stage: Path) -> None:
     """Copy the files of ``project`` that the bentofile's patterns select into ``stage``.
 
-    Hidden directories (.git, .venv...) are never walked: no pattern here selects them.
+    Hidden directories (.git, .venv...) and links to directories are never walked: no
+    pattern here selects them.
     """
     includes = pathspec.PathSpec.from_lines("gitwildmatch", include)
     excludes = pathspec.PathSpec.from_lines("gitwildmatch", exclude)
@@ -69,8 +70,13 @@ def _walk(root: Path) -> list[Path]:
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or entry.name == "__pycache__":
             continue
-        if entry.is_dir():
-            files.extend(_walk(entry))
-        elif entry.is_file():
-            files.append(entry)
+        try:
+            if entry.is_symlink() and entry.is_dir():
+                continue
+            if entry.is_dir():
+                files.extend(_walk(entry))
+            elif entry.is_file():
+                files.append(entry)
+        except OSError:  # not ours to read (a build tree's mounted /proc, say): never selected
+            continue
     return files
