@@ -77,6 +77,12 @@ KNOWN = (
         "(`JPEG_DRAFT`), with the pixel and embedding differences.",
     ),
     Source(
+        "entry_workers.md",
+        "benchmarks/entry_workers.py",
+        "Served `/vectorize` throughput at 1 and 2 entry workers (`ENTRY_WORKERS`), "
+        "alternating rounds on fresh servers, CLIP only.",
+    ),
+    Source(
         "image_memory.md",
         "benchmarks/image_memory.py",
         "Peak memory of decoding and preprocessing one image at the pixel and aspect-ratio "
