@@ -19,17 +19,15 @@ import torch
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
-from clip_service.errors import InvalidInput, NotServed, error_body, validation_message
+from clip_service.errors import InvalidInput, NotFound, NotServed, error_body, validation_message
 from clip_service.interrogation.custom_tables import CustomTableStatus, ListLimits
 from clip_service.interrogation.interrogator import Mode
 from clip_service.models.ranking import rank
-from clip_service.scheduling import Priority
 from clip_service.server import hooks, logs
 from clip_service.server.auth import ApiKeys, warn_if_open
 from clip_service.server.classify import (
@@ -44,7 +42,7 @@ from clip_service.server.encoding import ItemEncoder
 from clip_service.server.form_embeddings import OPENAPI_BODY, embed_form
 from clip_service.server.forms import declared_bodies, takes
 from clip_service.server.guard import RouteGuard
-from clip_service.server.interrogation import InterrogationPipeline
+from clip_service.server.interrogation import CustomRankings, InterrogationPipeline
 from clip_service.server.jobs import JobRegistry, JobStatus
 from clip_service.server.label_lists import LabelLists
 from clip_service.server.limits import check_classify_chars, check_rank_pairs, check_url_items
@@ -93,7 +91,6 @@ guard = RouteGuard(settings.request_timeout_s, settings.max_concurrency)
 MAX_FLAVORS = settings.max_flavors
 MAX_LABELS = 1000
 MAX_EXTRA_TABLES = 8
-EXTRA_TABLE_TOP_K = 5  # terms of each custom table beside a prompt
 ExtraTables = Annotated[
     list[str],
     Field(max_length=MAX_EXTRA_TABLES, description="custom label tables to rank the image in"),
@@ -125,12 +122,17 @@ class ClipApi:
         torch.set_num_threads(1)
         encoder = Guarded(self.encoder.to_async, "ClipEncoder")
         self.items = ItemEncoder(encoder, settings)
+        limits = ListLimits(
+            settings.max_label_lists, settings.max_list_labels, settings.max_text_chars
+        )
+        self.label_lists = LabelLists(encoder, limits)
         self.interrogation = None
         if settings.interrogation:
             self.interrogation = InterrogationPipeline(
                 self.items,
                 encoder,
                 Guarded(self.captioner.to_async, "BlipCaptioner"),
+                self.label_lists,
                 settings.request_timeout_s,
             )
         self.classifier = Classifier(self.items)
@@ -142,10 +144,6 @@ class ClipApi:
             settings.job_ttl_s,
             settings.job_timeout_s,
         )
-        limits = ListLimits(
-            settings.max_label_lists, settings.max_list_labels, settings.max_text_chars
-        )
-        self.label_lists = LabelLists(encoder, limits)
         self.weaviate = WeaviateVectorizer(self.items, settings.max_items, settings.max_json_depth)
 
     @bentoml.on_startup
@@ -294,12 +292,14 @@ class ClipApi:
         decoded = await self.items.load_image(image, "image")
 
         async def work(progress_key: str | None) -> InterrogateResult:
-            prompt, used_caption = await interrogation.interrogate(
-                decoded, mode, caption, min_flavors, max_flavors, progress_key
+            answer = await interrogation.interrogate(
+                decoded, mode, caption, min_flavors, max_flavors, progress_key, label_tables or ()
             )
-            extra = await self._extra_tables(decoded, label_tables, EXTRA_TABLE_TOP_K)
             return InterrogateResult(
-                prompt=prompt, caption=used_caption, mode=mode, label_tables=extra
+                prompt=answer.prompt,
+                caption=answer.caption,
+                mode=mode,
+                label_tables=_label_scores(answer.label_tables),
             )
 
         return work
@@ -317,27 +317,14 @@ class ClipApi:
         their cosine similarity to the image."""
         interrogation = self._interrogating()
         decoded = await self.items.load_image(image, "image")
-        tables = await interrogation.analyze(decoded, top_k)
+        tables, custom = await interrogation.analyze(decoded, top_k, label_tables or ())
         return AnalyzeResult(
             **{
                 name: [{"label": label, "score": score} for label, score in ranked]
                 for name, ranked in tables.items()
             },
-            label_tables=await self._extra_tables(decoded, label_tables, top_k),
+            label_tables=_label_scores(custom),
         )
-
-    async def _extra_tables(
-        self, image: Image.Image, names: list[str] | None, top_k: int
-    ) -> dict[str, list[LabelScore]] | None:
-        """The image's top terms in each named custom table (None when none are asked)."""
-        if not names:
-            return None
-        vector = await self.items.encode_image(image, Priority.INTERROGATION)
-        ranked = await self.label_lists.rank(vector, names, top_k, "label_tables")
-        return {
-            name: [LabelScore(label=t.label, score=t.cosine) for t in terms]
-            for name, terms in ranked.items()
-        }
 
     @bentoml.api(route="/extract_text")
     @takes("raw")
@@ -358,10 +345,10 @@ class ClipApi:
         decoded = await self.items.decode(image, "body")
 
         async def work(progress_key: str | None) -> TextResult:
-            prompt, _ = await interrogation.interrogate(
+            answer = await interrogation.interrogate(
                 decoded, Mode.BEST, None, 8, None, progress_key
             )
-            return TextResult(text=prompt)
+            return TextResult(text=answer.prompt)
 
         return work
 
@@ -465,6 +452,16 @@ async def form_embeddings(request: Request) -> JSONResponse:
     return JSONResponse({"request_id": rid, **body}, headers=echo_headers(rid))
 
 
+def _label_scores(ranked: CustomRankings | None) -> dict[str, list[LabelScore]] | None:
+    """Custom tables' top terms as the interrogation routes answer labels: with cosines."""
+    if ranked is None:
+        return None
+    return {
+        name: [LabelScore(label=t.label, score=t.cosine) for t in terms]
+        for name, terms in ranked.items()
+    }
+
+
 def _accepted(job: JobStatus) -> JSONResponse:
     """202 with the job's status and where to poll it."""
     headers = {"Location": f"/jobs/{job.id}"}
@@ -556,7 +553,7 @@ async def label_tables() -> list[CustomTableStatus]:
 async def delete_label_table(name: str) -> Response:
     """Remove a custom label table (its cached embeddings stay, keyed by its terms)."""
     if not await bentoml.get_current_service().label_lists.delete(name):
-        return JSONResponse(error_body(f"name: no custom label table {name!r}"), status_code=404)
+        raise NotFound(f"name: no custom label table {name!r}")
     return Response(status_code=204)
 
 

@@ -46,6 +46,12 @@ class UnsupportedMediaType(InvalidInput):
     status = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
 
 
+class NotFound(RequestError):
+    """What the request names (a job, a label table) does not exist."""
+
+    status = HTTPStatus.NOT_FOUND
+
+
 class Unavailable(RequestError):
     """Temporarily unable to serve (busy, or still preparing): retry after ``retry_after_s``."""
 

@@ -333,15 +333,23 @@ def test_bad_label_lists_are_a_400_naming_the_field(client, body, named) -> None
 
 def test_custom_tables_come_from_the_directory_are_limited_and_deleted(client) -> None:
     directory = Path(os.environ["LABEL_LISTS_DIR"])
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "animals.txt").write_text("cat\ndog\n\nbird\n")
     assert wait_for_table(client, "animals")["labels"] == 3
+    (directory / "animals.txt").write_text("cat\ndog\n")  # an edited file is read again
+    for _ in range(100):
+        if wait_for_table(client, "animals")["labels"] == 2:
+            break
+        time.sleep(0.05)
+    assert wait_for_table(client, "animals")["labels"] == 2
     image = {"img_blob": b64(PNG)}
     unknown = client.post("/classify", json={"image": image, "label_set": "nope"})
     assert unknown.status_code == 400 and error(unknown).startswith("label_set: no custom")
     templated = {"image": image, "label_set": "animals", "template": "a photo of {}"}
     assert error(client.post("/classify", json=templated)).startswith("template: ")
-    client.post("/label-tables", json={"name": "third", "labels": ["x"]})
-    full = client.post("/label-tables", json={"name": "fourth", "labels": ["y"]})
+    for i in range(3 - len(client.get("/label-tables").json())):  # MAX_LABEL_LISTS=3
+        client.post("/label-tables", json={"name": f"filler-{i}", "labels": ["x"]})
+    full = client.post("/label-tables", json={"name": "one-more", "labels": ["y"]})
     assert full.status_code == 400 and error(full).startswith("name: there are 3 custom")
     assert client.delete("/label-tables/animals").status_code == 204
     assert client.delete("/label-tables/animals").status_code == 404

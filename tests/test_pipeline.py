@@ -67,7 +67,8 @@ class FakeCaptioner:
 
 def pipeline(status: TablesStatus, timeout_s: float = 600) -> tuple[InterrogationPipeline, Any]:
     items, encoder, captioner = FakeItems(), FakeEncoder(status), FakeCaptioner()
-    made = InterrogationPipeline(items, encoder, captioner, timeout_s)  # type: ignore[arg-type]
+    # No custom label tables are asked for here: no label-list client is needed.
+    made = InterrogationPipeline(items, encoder, captioner, None, timeout_s)  # type: ignore[arg-type]
 
     async def caption(image: Image.Image, priority: Priority = Priority.INTERACTIVE) -> str:
         return (await captioner.caption(np.zeros((1, 3, 4, 4)), priority))[0]
@@ -81,7 +82,7 @@ IMAGE = Image.new("RGB", (8, 8))
 
 def test_ready_tables_give_the_encoders_prompt_at_interrogation_priority() -> None:
     made, (items, encoder, captioner) = pipeline(READY)
-    prompt, caption = asyncio.run(made.interrogate(IMAGE, Mode.BEST, None, 8, None))
+    prompt, caption, _ = asyncio.run(made.interrogate(IMAGE, Mode.BEST, None, 8, None))
     assert (prompt, caption) == ("a cat, prompt", "a cat")
     assert items.priorities == captioner.priorities == [Priority.INTERROGATION]
     (call,) = encoder.calls
@@ -91,7 +92,7 @@ def test_ready_tables_give_the_encoders_prompt_at_interrogation_priority() -> No
 
 def test_negative_mode_needs_no_caption_and_reports_none() -> None:
     made, (_, _, captioner) = pipeline(READY)
-    _, caption = asyncio.run(made.interrogate(IMAGE, Mode.NEGATIVE, None, 8, None))
+    _, caption, _ = asyncio.run(made.interrogate(IMAGE, Mode.NEGATIVE, None, 8, None))
     assert caption == "" and captioner.priorities == []
 
 
@@ -110,7 +111,7 @@ def test_tables_far_from_ready_are_a_503_with_progress_before_any_model_work() -
 
 def test_tables_due_within_half_the_request_budget_are_waited_for() -> None:
     made, (_, encoder, _) = pipeline(SOON, timeout_s=60)
-    prompt, _ = asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+    prompt, _, _ = asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
     assert prompt == "given, prompt"
     assert 29 < encoder.calls[0]["wait_s"] <= 30
     short, _ = pipeline(SOON, timeout_s=4)  # 2 s of waiting allowed: not enough for 3 s

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.label_cache import LabelCache, TableEmbeddings
 from clip_service.interrogation.labels import LabelTable
+from clip_service.models.ranking import rank
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,9 @@ class CustomTables:
         self.directory, self.cache, self.limits = directory, cache, limits
         self.tables: dict[str, LabelTable] = {}
         self.embedded: dict[str, TableEmbeddings] = {}
-        self.errors: dict[str, str] = {}
+        self.errors: dict[str, str] = {}  # why a table is unusable: its file, or embedding
+        # Each file as last read, keyed by name: ((mtime, size), its table or its problem).
+        self._read: dict[str, tuple[tuple[int, int], LabelTable | str]] = {}
         self._queue: asyncio.Queue[LabelTable] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
 
@@ -112,15 +115,13 @@ class CustomTables:
 
     def refresh(self) -> None:
         """Take up the directory's lists: new or changed ones are embedded, removed ones
-        dropped. Cheap (a directory listing and small reads): called on every use."""
-        found, files = {}, self._files()
-        self.errors = {name: error for name, error in self.errors.items() if name in files}
-        for name, path in files.items():
-            labels = [line.strip() for line in path.read_text("utf-8", "replace").splitlines()]
-            try:
-                found[name] = check_list(name, [label for label in labels if label], self.limits)
-            except InvalidInput as exc:
-                self.errors[name] = f"{path}: {exc}"
+        dropped. Called on every use: a directory listing, and only the files whose size
+        or modification time changed are read again."""
+        self._read = {name: self._read_file(name, path) for name, path in self._files().items()}
+        found = {name: read for name, (_, read) in self._read.items() if not isinstance(read, str)}
+        bad_files = {name: read for name, (_, read) in self._read.items() if isinstance(read, str)}
+        # An embedding failure stays with its table until the table changes.
+        self.errors = {name: e for name, e in self.errors.items() if name in found} | bad_files
         for name in set(self.tables) - set(found):
             self.tables.pop(name)
             self.embedded.pop(name, None)
@@ -138,23 +139,20 @@ class CustomTables:
 
     def statuses(self) -> list[CustomTableStatus]:
         self.refresh()
-        return [self._status_of(n) for n in sorted(set(self.tables) | set(self.errors))]
+        return [self._status_of(name) for name in sorted(self._read)]
 
     def ranked(
         self, image_features: np.ndarray, name: str, top_k: int, logit_scale: float
     ) -> Ranking:
         """The table's top-k terms for the image, or why there are none."""
         self.refresh()
-        if name not in self.tables and name not in self.errors:
+        if name not in self._read:
             return Ranking(status=None)
         embedded = self.embedded.get(name)
         if embedded is None:
             return Ranking(status=self._status_of(name))
-        image = np.asarray(image_features, dtype=np.float32).reshape(-1)
-        cosines = embedded.embeds @ (image / np.linalg.norm(image))
-        logits = logit_scale * cosines
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
+        image = np.asarray(image_features, dtype=np.float32).reshape(1, -1)
+        probabilities, cosines = (row[0] for row in rank(image, embedded.embeds, logit_scale))
         top = np.argsort(-cosines, kind="stable")[:top_k]
         terms = [
             RankedTerm(
@@ -174,6 +172,20 @@ class CustomTables:
             return CustomTableStatus(name=name, labels=labels, state="failed", error=error)
         state = "ready" if name in self.embedded else "building"
         return CustomTableStatus(name=name, labels=labels, state=state)
+
+    def _read_file(self, name: str, path: Path) -> tuple[tuple[int, int], LabelTable | str]:
+        """(the file's mtime and size, its checked table or what is wrong with it); the
+        last reading again if the file did not change."""
+        stat = path.stat()
+        signature = (stat.st_mtime_ns, stat.st_size)
+        last = self._read.get(name)
+        if last is not None and last[0] == signature:
+            return last
+        labels = [line.strip() for line in path.read_text("utf-8", "replace").splitlines()]
+        try:
+            return signature, check_list(name, [label for label in labels if label], self.limits)
+        except InvalidInput as exc:
+            return signature, f"{path}: {exc}"
 
     def _files(self) -> dict[str, Path]:
         if not self.directory.is_dir():

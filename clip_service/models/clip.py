@@ -38,8 +38,8 @@ class ModelUnavailableError(RuntimeError):
     """The model could not be loaded (typically: not cached and no hub access)."""
 
 
-class ModelInfo(BaseModel):
-    """What callers need to know about the loaded model; served by the info route."""
+class ModelSummary(BaseModel):
+    """Which model is loaded and how it runs (what ``GET /model`` shows of it)."""
 
     spec: str
     backend: str
@@ -52,6 +52,11 @@ class ModelInfo(BaseModel):
     dtype: str
     precision: str
     image_runtime: str
+
+
+class ModelInfo(ModelSummary):
+    """What callers need to know about the loaded model; served by the info route."""
+
     preprocess: PreprocessConfig
 
 

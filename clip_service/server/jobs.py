@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from clip_service.errors import RequestError
+from clip_service.errors import NotFound, RequestError
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -60,8 +60,8 @@ Work = Callable[[str], Awaitable[BaseModel]]
 ProgressSource = Callable[[str], Awaitable[tuple[int, int] | None]]
 
 
-class JobNotFound(RequestError):
-    status = 404
+class JobNotFound(NotFound):
+    pass
 
 
 class JobNotDone(RequestError):

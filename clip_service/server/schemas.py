@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from clip_service.inputs.url_fetch import MAX_URL_CHARS
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
+from clip_service.models.clip import ModelSummary
 from clip_service.settings import get_settings
 
 _settings = get_settings()
@@ -132,18 +133,9 @@ class InterrogationInfo(BaseModel):
     label_tables: TablesStatus
 
 
-class ServedModel(BaseModel):
+class ServedModel(ModelSummary):
     """``GET /model``: which model is served, where, how requests are batched, and whether
     interrogation is served (null: CLIP only)."""
 
-    spec: str
-    backend: str
-    embedding_size: int
-    logit_scale: float
-    context_length: int
-    device: str
-    dtype: str
-    precision: str
-    image_runtime: str
     batching: BatchSettings
     interrogation: InterrogationInfo | None
