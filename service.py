@@ -24,11 +24,16 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
+from clip_service import process
 from clip_service.errors import InvalidInput, NotFound, NotServed, error_body, validation_message
 from clip_service.interrogation.custom_tables import CustomTableStatus, ListLimits
 from clip_service.interrogation.interrogator import Mode
 from clip_service.models.ranking import rank
-from clip_service.server import hooks, logs
+from clip_service.process.disconnect import CancelOnDisconnect
+from clip_service.process.drain import Drain
+from clip_service.process.request_ids import HEADERS as REQUEST_ID_HEADERS
+from clip_service.process.request_ids import echo_headers, request_id
+from clip_service.scheduling import Admission
 from clip_service.server.auth import ApiKeys, warn_if_open
 from clip_service.server.classify import (
     DEFAULT_TEMPLATE,
@@ -37,7 +42,6 @@ from clip_service.server.classify import (
     Score,
     parse_template,
 )
-from clip_service.server.draining import Drain
 from clip_service.server.encoding import ItemEncoder
 from clip_service.server.form_embeddings import OPENAPI_BODY, embed_form
 from clip_service.server.forms import declared_bodies, takes
@@ -54,8 +58,6 @@ from clip_service.server.openai_embeddings import (
     Modality,
     OpenAIEmbeddings,
 )
-from clip_service.server.request_ids import HEADERS as REQUEST_ID_HEADERS
-from clip_service.server.request_ids import echo_headers, request_id
 from clip_service.server.schemas import (
     AnalyzeResult,
     BatchSettings,
@@ -83,8 +85,7 @@ from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
 
 settings = get_settings()
-logs.configure()
-hooks.install(settings.header_read_timeout_s)  # in every service process: all import this
+process.prepare(settings.header_read_timeout_s)
 warn_if_open(bool(settings.api_key_list))
 
 guard = RouteGuard(settings.request_timeout_s, settings.max_concurrency)
@@ -134,6 +135,7 @@ class ClipApi:
                 Guarded(self.captioner.to_async, "BlipCaptioner"),
                 self.label_lists,
                 settings.request_timeout_s,
+                Admission(settings.max_interrogations, settings.max_queued_interrogations),
             )
         self.classifier = Classifier(self.items)
         self.openai = OpenAIEmbeddings(self.items)
@@ -147,9 +149,11 @@ class ClipApi:
         self.weaviate = WeaviateVectorizer(self.items, settings.max_items, settings.max_json_depth)
 
     @bentoml.on_startup
-    def drain_on_sigterm(self) -> None:
-        """On SIGTERM: refuse new connections at once, finish the requests in flight."""
+    def start_serving(self) -> None:
+        """On SIGTERM: refuse new connections at once, finish the requests in flight. Jobs:
+        renew this worker's leases and sweep lost jobs from now on."""
         Drain("entry").install()
+        self.jobs.start()
 
     async def __is_ready__(self) -> bool:
         """/readyz: 503 at once while a model service is down, restarting or unreachable."""
@@ -222,7 +226,7 @@ class ClipApi:
         (L2-normalised; docs/api.md, "Weaviate")."""
         if is_vectorize_request(body):
             return JSONResponse((await self.weaviate.vectorize(body)).model_dump())
-        vector = await self.items.encode_image(await self.items.decode(body, "body"))
+        vector = await self.items.encode_image(body, "body")
         return VectorResult(vector=vector.tolist())
 
     @bentoml.api(route="/caption")
@@ -231,8 +235,8 @@ class ClipApi:
     async def caption(self, image: ImageItem) -> CaptionResult:
         """The BLIP caption of an image."""
         interrogation = self._interrogating()
-        decoded = await self.items.load_image(image, "image")
-        return CaptionResult(caption=await interrogation.caption(decoded))
+        pixels = await interrogation.pixels(*await self.items.image_bytes(image, "image"))
+        return CaptionResult(caption=await interrogation.caption(pixels))
 
     @bentoml.api(route="/interrogate")
     @takes("image")
@@ -286,14 +290,17 @@ class ClipApi:
         max_flavors: int | None,
         label_tables: list[str] | None = None,
     ) -> Callable[[str | None], Awaitable[InterrogateResult]]:
-        """The interrogation of a decoded image, to run now or as a job (reporting its chain
-        step under the job's key)."""
+        """The interrogation of an image, to run now or as a job (reporting its chain step
+        under the job's key); the image is decoded now (bad input is a 400 at once), and
+        only its models' input pixels are kept."""
         interrogation = self._interrogating()
-        decoded = await self.items.load_image(image, "image")
+        data, field = await self.items.image_bytes(image, "image")
+        needs_caption = mode is not Mode.NEGATIVE and not caption
+        pixels = await interrogation.pixels(data, field, caption=needs_caption)
 
         async def work(progress_key: str | None) -> InterrogateResult:
             answer = await interrogation.interrogate(
-                decoded, mode, caption, min_flavors, max_flavors, progress_key, label_tables or ()
+                pixels, mode, caption, min_flavors, max_flavors, progress_key, label_tables or ()
             )
             return InterrogateResult(
                 prompt=answer.prompt,
@@ -316,8 +323,9 @@ class ClipApi:
         """The top-k labels of each label table (and of the custom ``label_tables``), with
         their cosine similarity to the image."""
         interrogation = self._interrogating()
-        decoded = await self.items.load_image(image, "image")
-        tables, custom = await interrogation.analyze(decoded, top_k, label_tables or ())
+        data, field = await self.items.image_bytes(image, "image")
+        pixels = await interrogation.pixels(data, field, caption=False)
+        tables, custom = await interrogation.analyze(pixels, top_k, label_tables or ())
         return AnalyzeResult(
             **{
                 name: [{"label": label, "score": score} for label, score in ranked]
@@ -342,12 +350,10 @@ class ClipApi:
 
     async def _text_extraction(self, image: bytes) -> Callable[[str | None], Awaitable[TextResult]]:
         interrogation = self._interrogating()
-        decoded = await self.items.decode(image, "body")
+        pixels = await interrogation.pixels(image, "body")
 
         async def work(progress_key: str | None) -> TextResult:
-            answer = await interrogation.interrogate(
-                decoded, Mode.BEST, None, 8, None, progress_key
-            )
+            answer = await interrogation.interrogate(pixels, Mode.BEST, None, 8, None, progress_key)
             return TextResult(text=answer.prompt)
 
         return work
@@ -378,7 +384,7 @@ class ClipApi:
         parsed = parse_template(template)
         if labels is not None:
             check_classify_chars(labels, template, settings.max_classify_chars)
-        vector = await self.items.encode_image(await self.items.load_image(image, "image"))
+        vector = await self.items.encode_image(*await self.items.image_bytes(image, "image"))
         if custom:
             ranked = await self.label_lists.rank(vector, [label_set], top_k, "label_set")
             scores = [ClassScore(**t.model_dump(), group=label_set) for t in ranked[label_set]]
@@ -409,8 +415,7 @@ class ClipApi:
         """(request id, top-k scores per group) for an uploaded image against a stored set."""
         rid = request_id(ctx.request.headers)
         ctx.response.headers.update(echo_headers(rid))
-        image = await self.items.decode(file.read_bytes(), "file")
-        vector = await self.items.encode_image(image)
+        vector = await self.items.encode_image(file.read_bytes(), "file")
         return rid, await self.classifier.classify(vector, label_set=label_set, top_k=top_k)
 
 
@@ -590,6 +595,7 @@ async def demo_page() -> RedirectResponse:
 http.mount("/ui", StaticFiles(packages=[("clip_service", "ui")], html=True), name="ui")
 
 # Outermost first (BentoML adds them in this order, each wrapping the next).
+ClipApi.add_asgi_middleware(CancelOnDisconnect)
 ClipApi.add_asgi_middleware(ResponseShaper)
 ClipApi.add_asgi_middleware(
     AccessControl,

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     # at once (503 with Retry-After) rather than queued.
     max_latency_ms: int = Field(60_000, ge=1)
     encoder_workers: int = Field(1, ge=1)
+    # Interrogations running at once per entry worker and per encoder worker, and waiting
+    # behind them; past either, or when one could not finish within its deadline behind
+    # the work ahead, it is refused at once (503 with Retry-After).
+    max_interrogations: int = Field(2, ge=1)
+    max_queued_interrogations: int = Field(16, ge=0)
     # Entry service processes: decoding and preprocessing run in them. Unset: one per four
     # cores (the rest are the model's), at least one; per-worker limits (MAX_CONCURRENCY,
     # MAX_RUNNING_JOBS) apply in each.
@@ -109,6 +114,16 @@ class Settings(BaseSettings):
     max_items: int = Field(1024, ge=1)
     max_text_chars: int = Field(4096, ge=1)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    # Pixels decoded at once per entry worker (each image weighs its pixel count, until it
+    # has become the model's input): what bounds decoding memory, about 5 bytes per pixel
+    # for 8-bit images and up to 20 for 16-bit and float ones (docs/api.md, "Limits").
+    # Unset: MAX_IMAGE_PIXELS, so one image of the largest size decodes alone.
+    decode_pixel_budget: int | None = Field(None, ge=1)
+
+    @property
+    def decode_pixels(self) -> int:
+        return self.decode_pixel_budget or self.max_image_pixels
+
     url_timeout_s: float = Field(10.0, gt=0)
     url_max_bytes: int = Field(20 * 1024 * 1024, ge=1)
     # img_uri hosts, IPs or CIDRs fetched even though private or local (comma-separated).

@@ -22,8 +22,8 @@ from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
 from runners.model_service import (
     answer_overload_with_429,
-    drain_on_sigterm,
     exit_unless_loadable,
+    guard,
     model_service_config,
 )
 
@@ -67,4 +67,4 @@ class BlipCaptioner:
         return self.engine.info()
 
 
-drain_on_sigterm(BlipCaptioner)
+guard(BlipCaptioner)

@@ -36,8 +36,8 @@ from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
 from runners.model_service import (
     answer_overload_with_429,
-    drain_on_sigterm,
     exit_unless_loadable,
+    guard,
     model_service_config,
 )
 
@@ -62,6 +62,8 @@ class ClipEncoder:
             text_max_batch=settings.text_max_batch_size,
             slice_s=settings.bulk_slice_ms / 1000,
             max_wait_s=settings.max_latency_ms / 1000,
+            max_interrogations=settings.max_interrogations,
+            max_queued_interrogations=settings.max_queued_interrogations,
         )
         model = load_configured_clip_model(settings)
         self.engine = ClipEngine(model, limits, SchedulerMetrics("ClipEncoder"))
@@ -102,13 +104,23 @@ class ClipEncoder:
         max_flavors: int | None = None,
         wait_s: float = 0.0,
         progress_key: str | None = None,
+        time_left_s: float | None = None,
     ) -> Interrogation:
         """clip-interrogator 0.6.0's prompt for raw image features and a caption; none if
         the label tables will not be ready within ``wait_s``. ``interrogation_progress``
-        tells how far it is by its ``progress_key``."""
-        return await self.engine.interrogate(
-            image_features, mode, caption, min_flavors, max_flavors, wait_s, progress_key
-        )
+        tells how far it is by its ``progress_key``. 429 at once when it could not finish
+        within ``time_left_s`` behind the interrogations already here."""
+        with answer_overload_with_429():
+            return await self.engine.interrogate(
+                image_features,
+                mode,
+                caption,
+                min_flavors,
+                max_flavors,
+                wait_s,
+                progress_key,
+                time_left_s,
+            )
 
     @bentoml.api
     def interrogation_progress(self, key: str) -> ChainProgress | None:
@@ -161,4 +173,4 @@ class ClipEncoder:
         return self.engine.info()
 
 
-drain_on_sigterm(ClipEncoder)
+guard(ClipEncoder)

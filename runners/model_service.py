@@ -1,4 +1,10 @@
-"""What both model services share: their BentoML settings and the fail-fast start."""
+"""What both model services share: their BentoML settings, the process's guards and the
+fail-fast start.
+
+Importing this module prepares the process (:func:`clip_service.process.prepare`), so a
+model service served alone (``bentoml serve runners.clip_encoder:ClipEncoder``, the split
+deployment) runs with the same version gate, hooks and logging as the combined server.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,13 @@ from typing import Any
 
 from bentoml.exceptions import BentoMLException
 
+from clip_service import process
 from clip_service.models.clip import ModelUnavailableError
 from clip_service.models.specs import ModelSpecError
 from clip_service.scheduling import Overloaded
-from clip_service.server.draining import GracefulShutdown
 from clip_service.settings import get_settings
+
+process.prepare(get_settings().header_read_timeout_s)
 
 # BentoML recycles dependency connections every 100 requests / 300 s by default and kills
 # calls in flight when it does (HTTP 500 under load); effectively never recycle.
@@ -23,15 +31,16 @@ NEVER_RECYCLE = {"max_requests": 1_000_000_000, "max_age": 1e9}
 def model_service_config(name: str, workers: int) -> dict[str, Any]:
     """``@bentoml.service`` arguments of a model service.
 
-    Its time limit is the entry's, plus a margin: an interrogation runs for as long as the
-    entry lets it (the entry's timeout is what bounds a request), and interactive calls are
-    bounded by the scheduler's wait budget long before.
+    Its time limit is the longest the entry may wait for it, plus a margin: a request's
+    (``REQUEST_TIMEOUT_S``) or a job's (``JOB_TIMEOUT_S``). The caller's own deadline is
+    what bounds the work: when it gives up, the call is cancelled (:mod:`clip_service.process.
+    disconnect`). BentoML's client of this service takes the same limit.
     """
     settings = get_settings()
     return {
         "name": name,
         "workers": workers,
-        "traffic": {"timeout": settings.request_timeout_s + 60},
+        "traffic": {"timeout": max(settings.request_timeout_s, settings.job_timeout_s) + 60},
         "runner_connection": NEVER_RECYCLE,
     }
 
@@ -53,11 +62,12 @@ def answer_overload_with_429() -> Iterator[None]:
         raise ModelBusy(str(exc)) from None
 
 
-def drain_on_sigterm(service: Any) -> None:
-    """On SIGTERM, serve the entry service's requests in flight before stopping."""
+def guard(service: Any) -> None:
+    """On SIGTERM, serve the entry service's requests in flight before stopping; stop the
+    work of a call whose caller has gone."""
     settings = get_settings()
-    service.add_asgi_middleware(
-        GracefulShutdown,
+    process.guard_service(
+        service,
         quiet_s=settings.shutdown_quiet_s,
         max_drain_s=settings.request_timeout_s + settings.shutdown_quiet_s,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -62,17 +61,6 @@ def test_bentoml_build_is_offline_and_cpu(tmp_path):
     assert "ENV UV_INDEX_STRATEGY=" in dockerfile and "pip install -r" in dockerfile
     assert bento_envs(bento)["UV_INDEX_STRATEGY"] == "unsafe-best-match"
     assert "CLIP_MODEL" not in bento_envs(bento)  # the server's default unless built by the CLI
-
-
-def test_bentofiles_pin_pyproject():
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    expected = sorted(set(project) - {d for d in project if d.startswith("bentoml==")})
-    cpu = yaml.safe_load((REPO / "bentofile.yaml").read_text())
-    gpu = yaml.safe_load((REPO / "bentofile.gpu.yaml").read_text())
-    assert sorted(p.replace("+cpu", "") for p in cpu["python"]["packages"]) == expected
-    assert sorted(gpu["python"]["packages"]) == expected
-    assert gpu["include"] == cpu["include"] and "extra_index_url" not in gpu["python"]
-    assert cpu["python"]["lock_packages"] is False is gpu["python"]["lock_packages"]
 
 
 @pytest.mark.served

@@ -1,4 +1,4 @@
-"""Every private hook into BentoML and uvicorn (clip_service/server/hooks.py): these tests
+"""Every private hook into BentoML and uvicorn (clip_service/process/hooks.py): these tests
 fail when an upgrade changes what a hook relies on, and the hooks refuse to install on
 versions they were not written for (tests/test_served_hardening.py and test_shutdown.py
 check their effects over real sockets and signals)."""
@@ -22,8 +22,8 @@ from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from uvicorn.protocols.http import auto
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
-from clip_service.server import hooks
-from clip_service.server.hooks import WRITTEN_FOR, HeaderDeadlineProtocol, install
+from clip_service.process import hooks
+from clip_service.process.hooks import WRITTEN_FOR, HeaderDeadlineProtocol, install
 
 # BentoML 1.4.39's TimeoutMiddleware; another version needs the fix reviewed.
 UPSTREAM_SHA256 = "4dab3e6bdd06efc590294d89beed9a399be6959b62bce9da024b33292e1be34b"

@@ -1,6 +1,7 @@
 """The job registry without servers: a job runs on its own after submission, reports the
 progress its source gives, returns its result once, can be cancelled from another worker's
-registry on the same file, and a job whose worker is gone reads as failed."""
+registry on the same file, waits while the model services are busy, and a job whose worker
+is gone (its lease not renewed) reads as failed and no longer counts as unfinished."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import pytest
 from pydantic import BaseModel
 
-from clip_service.errors import InvalidInput
+from clip_service.errors import InvalidInput, Unavailable
 from clip_service.server.jobs import GONE, JobNotDone, JobNotFound, JobRegistry, TooManyJobs
 
 
@@ -97,7 +98,6 @@ def test_failures_are_the_jobs_answer(tmp_path) -> None:
 def test_a_cancel_through_another_workers_registry_stops_the_job(tmp_path) -> None:
     async def main() -> None:
         owner, other = registry(tmp_path), registry(tmp_path)
-        other.owner = -1  # another process, as far as the file says
         stopped = asyncio.Event()
 
         async def endless(key: str) -> Answer:
@@ -149,7 +149,7 @@ class Answer(BaseModel):
     text: str
 
 async def main():
-    jobs = JobRegistry(Path({str(tmp_path / "jobs.sqlite3")!r}), 2, 8, 3600, 30)
+    jobs = JobRegistry(Path({str(tmp_path / "jobs.sqlite3")!r}), 2, 8, 3600, 30, lease_s=0.5)
     async def quick(key): return Answer(text="kept")
     async def endless(key): await asyncio.sleep(60)
     done = jobs.submit("a", quick)
@@ -164,9 +164,51 @@ asyncio.run(main())
     done_id, running_id = out.stdout.split()
 
     async def main() -> None:
-        jobs = registry(tmp_path)
+        jobs = registry(tmp_path, max_unfinished=1)
         assert jobs.result(done_id) == {"text": "kept"}
+        while (await jobs.status(running_id, no_progress)).status == "running":
+            await asyncio.sleep(0.05)  # until its lease (0.5 s) has run out
         lost = await jobs.status(running_id, no_progress)
         assert lost.status == "failed" and lost.error == GONE
+
+        async def quick(key: str) -> Answer:
+            return Answer(text="after")
+
+        jobs.submit("c", quick)  # the lost job no longer holds the only place
+
+    asyncio.run(main())
+
+
+def test_a_lost_job_is_swept_at_start_without_being_polled(tmp_path) -> None:
+    async def main() -> None:
+        lost = registry(tmp_path, lease_s=0.0)
+
+        async def endless(key: str) -> Answer:
+            await asyncio.sleep(60)
+            raise AssertionError("not reached")
+
+        job = lost.submit("a", endless)
+        lost._watcher.cancel()  # as a killed worker: its lease is never renewed
+        fresh = registry(tmp_path, max_unfinished=1)  # a restart sweeps it at once
+        (status,) = fresh.db.execute("select status from jobs where id = ?", (job.id,)).fetchone()
+        assert status == "failed"
+
+    asyncio.run(main())
+
+
+def test_a_job_waits_while_the_model_services_are_busy(tmp_path) -> None:
+    async def main() -> None:
+        jobs = registry(tmp_path)
+        tries = []
+
+        async def busy_once(key: str) -> Answer:
+            tries.append(key)
+            if len(tries) == 1:
+                raise Unavailable("busy: interrogations: queue full", retry_after_s=0)
+            return Answer(text="done")
+
+        job = jobs.submit("interrogate", busy_once)
+        assert await wait_until_finished(jobs, job.id) == "succeeded"
+        assert len(tries) == 2
 
     asyncio.run(main())

@@ -84,4 +84,9 @@ class _Encoder:
 @pytest.mark.parametrize(("draft", "size"), [(False, (2000, 1500)), (True, (1000, 750))])
 def test_setting_drafts_to_twice_the_model_input(jpeg, draft, size):
     items = ItemEncoder(_Encoder(), Settings(jpeg_draft=draft))
-    assert asyncio.run(items.decode(jpeg, "image")).size == size
+
+    def decoded_size(image: Image.Image) -> np.ndarray:
+        return np.array(image.size)
+
+    (decoded,) = asyncio.run(items.preprocessed(jpeg, "image", [decoded_size]))
+    assert tuple(decoded) == size

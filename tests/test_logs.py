@@ -4,7 +4,7 @@ import logging
 import sys
 
 from clip_service.errors import InvalidInput
-from clip_service.server.logs import DropClientErrors
+from clip_service.process.logs import DropClientErrors
 
 
 def _record(error: BaseException) -> logging.LogRecord:

@@ -1,6 +1,7 @@
 """The entry's interrogation pipeline with fake model services: label tables that are not
-ready get a 503 with their progress before any model work; ready ones give the encoder's
-prompt for the image's features and caption, computed at interrogation priority."""
+ready, and custom tables that do not exist, are refused before any model work; past the
+admission bound a request is refused at arrival; ready tables give the encoder's prompt for
+the image's features and caption, computed at interrogation priority."""
 
 from __future__ import annotations
 
@@ -9,14 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clip_service.engines.clip_engine import Analysis, Interrogation
-from clip_service.errors import Unavailable
+from clip_service.errors import InvalidInput, Unavailable
 from clip_service.interrogation import Mode
 from clip_service.interrogation.table_build import TablesStatus
-from clip_service.scheduling import Priority
-from clip_service.server.interrogation import InterrogationPipeline
+from clip_service.scheduling import Admission, Priority
+from clip_service.server.interrogation import ImagePixels, InterrogationPipeline
 
 READY = TablesStatus(state="ready", labels_done=10, labels_total=10, origins={"flavors": "hub"})
 BUILDING = TablesStatus(state="building", labels_done=2, labels_total=10, encoding=True, eta_s=900)
@@ -30,20 +30,38 @@ class FakeItems:
     def __init__(self) -> None:
         self.priorities: list[Priority] = []
 
-    async def encode_image(self, image: Image.Image, priority: Priority) -> np.ndarray:
+    async def encode_pixels(self, pixels: list[np.ndarray], priority: Priority) -> np.ndarray:
         self.priorities.append(priority)
-        return np.ones(4, dtype=np.float32)
+        return np.ones((len(pixels), 4), dtype=np.float32)
+
+
+class FakeLabelLists:
+    """Custom label tables: only ``known`` exists."""
+
+    known = "mine"
+
+    async def check(self, names: list[str], field: str) -> None:
+        for name in names:
+            if name != self.known:
+                raise InvalidInput(field, f"no custom label table {name!r}")
+
+    async def rank(self, features: np.ndarray, names: list[str], top_k: int, field: str) -> dict:
+        await self.check(names, field)
+        return {name: [] for name in names}
 
 
 class FakeEncoder:
     def __init__(self, status: TablesStatus) -> None:
         self.status, self.calls = status, []
+        self.hold = asyncio.Event()  # set: interrogations finish at once
+        self.hold.set()
 
     async def label_tables(self) -> TablesStatus:
         return self.status
 
     async def interrogate(self, **kwargs: Any) -> Interrogation:
         self.calls.append(kwargs)
+        await self.hold.wait()
         ready = self.status.state == "ready" or kwargs["wait_s"] >= (self.status.eta_s or 1e9)
         prompt = f"{kwargs['caption']}, prompt" if ready else None
         return Interrogation(prompt=prompt, tables=self.status)
@@ -65,19 +83,22 @@ class FakeCaptioner:
         return ["a cat"]
 
 
-def pipeline(status: TablesStatus, timeout_s: float = 600) -> tuple[InterrogationPipeline, Any]:
+def pipeline(
+    status: TablesStatus, timeout_s: float = 600, admission: Admission | None = None
+) -> tuple[InterrogationPipeline, Any]:
     items, encoder, captioner = FakeItems(), FakeEncoder(status), FakeCaptioner()
-    # No custom label tables are asked for here: no label-list client is needed.
-    made = InterrogationPipeline(items, encoder, captioner, None, timeout_s)  # type: ignore[arg-type]
-
-    async def caption(image: Image.Image, priority: Priority = Priority.INTERACTIVE) -> str:
-        return (await captioner.caption(np.zeros((1, 3, 4, 4)), priority))[0]
-
-    made.caption = caption  # type: ignore[method-assign]
+    made = InterrogationPipeline(
+        items,  # type: ignore[arg-type]
+        encoder,
+        captioner,
+        FakeLabelLists(),  # type: ignore[arg-type]
+        timeout_s,
+        admission or Admission(slots=2, max_queued=4),
+    )
     return made, (items, encoder, captioner)
 
 
-IMAGE = Image.new("RGB", (8, 8))
+IMAGE = ImagePixels(clip=np.zeros((3, 4, 4), np.float32), caption=np.zeros((3, 4, 4), np.float32))
 
 
 def test_ready_tables_give_the_encoders_prompt_at_interrogation_priority() -> None:
@@ -133,3 +154,33 @@ def test_a_failed_build_says_so() -> None:
     made, _ = pipeline(failed)
     with pytest.raises(Unavailable, match="build failed \\(disk full\\) and is being retried"):
         asyncio.run(made.interrogate(IMAGE, Mode.FAST, "c", 8, None))
+
+
+def test_an_unknown_custom_table_is_refused_before_any_model_work() -> None:
+    made, (items, encoder, captioner) = pipeline(READY)
+    with pytest.raises(InvalidInput, match="label_tables: no custom label table 'nope'"):
+        asyncio.run(made.interrogate(IMAGE, Mode.BEST, None, 8, None, label_tables=["nope"]))
+    with pytest.raises(InvalidInput, match="label_tables"):
+        asyncio.run(made.analyze(IMAGE, 3, ["mine", "nope"]))
+    assert items.priorities == captioner.priorities == encoder.calls == []
+
+
+def test_past_the_admission_bound_a_request_is_refused_at_arrival() -> None:
+    """One slot, no queue: while one interrogation runs, the next is a 503 with Retry-After
+    before anything (its caption included) is computed for it."""
+
+    async def main() -> None:
+        made, (items, encoder, captioner) = pipeline(READY, admission=Admission(1, 0))
+        encoder.hold.clear()
+        first = asyncio.create_task(made.interrogate(IMAGE, Mode.BEST, None, 8, None))
+        while not encoder.calls:
+            await asyncio.sleep(0)
+        with pytest.raises(Unavailable, match="busy: interrogations") as refused:
+            await made.interrogate(IMAGE, Mode.BEST, None, 8, None)
+        assert refused.value.headers["Retry-After"]
+        assert len(captioner.priorities) == len(items.priorities) == 1  # the first's only
+        encoder.hold.set()
+        assert (await first).prompt == "a cat, prompt"
+        await made.interrogate(IMAGE, Mode.FAST, "given", 8, None)  # a slot again
+
+    asyncio.run(main())

@@ -18,12 +18,17 @@ from pydantic import BaseModel
 
 from clip_service.interrogation.custom_tables import CustomTables, ListLimits, Ranking
 from clip_service.interrogation.hub_tables import published_tables
-from clip_service.interrogation.interrogator import Interrogator, Mode, StepReport
+from clip_service.interrogation.interrogator import (
+    DEFAULT_MAX_FLAVORS,
+    Interrogator,
+    Mode,
+    StepReport,
+)
 from clip_service.interrogation.label_cache import LabelCache, LabelTables
 from clip_service.interrogation.labels import read_label_tables
 from clip_service.interrogation.table_build import TableBuild, TablesStatus
 from clip_service.models.clip import ClipModel, ModelInfo
-from clip_service.scheduling import Method, Priority, Scheduler, SchedulerObserver
+from clip_service.scheduling import Admission, Method, Priority, Scheduler, SchedulerObserver
 
 # A chain step's prompts share one prefix and run as one job, sliced by time: no other
 # bound is needed (the prefix path bounds its activations itself).
@@ -53,12 +58,23 @@ class Analysis(BaseModel):
 
 @dataclass(frozen=True)
 class EngineLimits:
-    """How the scheduler batches and slices (docs/configuration.md, "Batching")."""
+    """How the scheduler batches and slices, and how many interrogations run at once and
+    wait (docs/configuration.md, "Batching" and "Admission")."""
 
     image_max_batch: int
     text_max_batch: int
     slice_s: float
     max_wait_s: float
+    max_interrogations: int = 2
+    max_queued_interrogations: int = 16
+
+
+def interrogation_cost(mode: Mode, max_flavors: int | None) -> float:
+    """Relative model time of an interrogation: best and negative modes run one chain step
+    (about 2,000 prompts through the text tower) per flavor; the others a few rankings."""
+    if mode in (Mode.BEST, Mode.NEGATIVE):
+        return 1.0 + (max_flavors if max_flavors is not None else DEFAULT_MAX_FLAVORS[mode])
+    return 1.0
 
 
 class ClipEngine:
@@ -82,6 +98,7 @@ class ClipEngine:
             observer=observer,
             thread_name="clip",
         )
+        self.admission = Admission(limits.max_interrogations, limits.max_queued_interrogations)
         self.tables: TableBuild | None = None
         self._interrogator: Interrogator | None = None
         self._progress: dict[str, ChainProgress] = {}
@@ -155,24 +172,32 @@ class ClipEngine:
         max_flavors: int | None,
         wait_s: float,
         progress_key: str | None = None,
+        time_left_s: float | None = None,
     ) -> Interrogation:
         """The prompt, or none when the label tables will not be ready within ``wait_s``.
-        With a ``progress_key``, :meth:`progress` tells how far its chain is meanwhile."""
+        With a ``progress_key``, :meth:`progress` tells how far its chain is meanwhile.
+
+        Admitted first (:class:`~clip_service.scheduling.Admission`): refused with
+        :class:`~clip_service.scheduling.Overloaded` when it could not finish within
+        ``time_left_s`` behind the interrogations already here.
+        """
         tables = self._tables()
         interrogator = await self._ready(tables, wait_s)
         prompt = None
         if interrogator is not None:
-            try:
-                prompt = await interrogator.interrogate(
-                    image_features,
-                    mode,
-                    caption=caption,
-                    min_flavors=min_flavors,
-                    max_flavors=max_flavors,
-                    on_step=self._reporter(progress_key),
-                )
-            finally:
-                self._progress.pop(progress_key or "", None)
+            cost = interrogation_cost(mode, max_flavors)
+            async with self.admission.admitted(mode.value, cost, time_left_s):
+                try:
+                    prompt = await interrogator.interrogate(
+                        image_features,
+                        mode,
+                        caption=caption,
+                        min_flavors=min_flavors,
+                        max_flavors=max_flavors,
+                        on_step=self._reporter(progress_key),
+                    )
+                finally:
+                    self._progress.pop(progress_key or "", None)
         return Interrogation(prompt=prompt, tables=tables.status())
 
     def progress(self, key: str) -> ChainProgress | None:

@@ -123,6 +123,19 @@ def decode_image(
         raise InvalidInput(field, f"unreadable or truncated image ({exc})") from None
 
 
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares them, nothing decoded (1 when there is
+    no readable header: decoding then refuses it)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        return max(1, width * height)
+    except (Image.DecompressionBombError, MemoryError, *_DECODE_ERRORS):
+        return 1
+
+
 def _check_shape(
     size: tuple[int, int], field: str, max_pixels: int, max_aspect_ratio: float
 ) -> None:

@@ -25,6 +25,7 @@ from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES
 
 __all__ = [
     "ANALYZE_TABLES",
+    "DEFAULT_MAX_FLAVORS",
     "Captioner",
     "Interrogator",
     "InterrogatorSettings",
@@ -67,7 +68,7 @@ class Mode(StrEnum):
 
 
 # 0.6.0's default max_flavors per mode (interrogate_classic defaults to 3, the others to 32).
-_DEFAULT_MAX_FLAVORS = {Mode.BEST: 32, Mode.CLASSIC: 3, Mode.FAST: 32, Mode.NEGATIVE: 32}
+DEFAULT_MAX_FLAVORS = {Mode.BEST: 32, Mode.CLASSIC: 3, Mode.FAST: 32, Mode.NEGATIVE: 32}
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class Interrogator:
         """
         mode = Mode(mode)
         if max_flavors is None:
-            max_flavors = _DEFAULT_MAX_FLAVORS[mode]
+            max_flavors = DEFAULT_MAX_FLAVORS[mode]
         if min_flavors < 0 or max_flavors < 0:
             raise ValueError("min_flavors and max_flavors must not be negative")
         image = self._normalise(image_features)

@@ -7,7 +7,8 @@ most urgent class, and cuts bulk work into slices whose measured model time stay
 bound, so an interactive request waits at most one slice.
 """
 
+from clip_service.scheduling.admission import Admission
 from clip_service.scheduling.jobs import Job, Method, Priority
 from clip_service.scheduling.scheduler import Overloaded, Scheduler, SchedulerObserver
 
-__all__ = ["Job", "Method", "Overloaded", "Priority", "Scheduler", "SchedulerObserver"]
+__all__ = ["Admission", "Job", "Method", "Overloaded", "Priority", "Scheduler", "SchedulerObserver"]

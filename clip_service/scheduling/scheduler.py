@@ -38,12 +38,13 @@ IDLE_SLICE_FACTOR = 10
 
 
 class Overloaded(Exception):
-    """More interactive work is queued than can start within the wait budget."""
+    """More work is queued than can start (or finish) in time: refused before it starts."""
 
-    def __init__(self, wait_s: float) -> None:
+    def __init__(self, wait_s: float, reason: str | None = None) -> None:
         self.retry_after_s = max(1, math.ceil(wait_s))
+        why = f"{reason}; " if reason else ""
         super().__init__(
-            f"about {wait_s:.1f} s of queued work ahead; retry after {self.retry_after_s} s"
+            f"about {wait_s:.1f} s of queued work ahead; {why}retry after {self.retry_after_s} s"
         )
 
 

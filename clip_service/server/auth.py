@@ -24,7 +24,7 @@ from collections.abc import Iterable
 import click
 from starlette.datastructures import Headers
 
-from clip_service.server import hooks
+from clip_service.process import hooks
 
 logger = logging.getLogger(__name__)
 

@@ -51,17 +51,15 @@ async def embed_form(
         if name in RESERVED_FIELDS or name in texts or name in images:
             raise InvalidInput(name, "field name is reserved or repeated")
         if isinstance(value, UploadFile):
-            images[name] = await items.decode(await value.read(), name)
+            # Each file becomes the model's input pixels as it is read: no decoded image
+            # is kept while the others decode.
+            images[name] = await items.pixels(await value.read(), name)
         elif not value or len(value) > max_text_chars:
             raise InvalidInput(name, f"text must be 1 to {max_text_chars} characters")
         else:
             texts[name] = value
     text_vectors = await items.encoder.encode_texts(list(texts.values())) if texts else []
-    image_vectors = (
-        await items.encode_pixels([await items.pixels(i) for i in images.values()])
-        if images
-        else []
-    )
+    image_vectors = await items.encode_pixels(list(images.values())) if images else []
     by_name = dict(zip(texts, _lists(text_vectors), strict=True))
     by_name |= dict(zip(images, _lists(image_vectors), strict=True))
     return {

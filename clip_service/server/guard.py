@@ -25,6 +25,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from clip_service.errors import RequestError, error_body
+from clip_service.server import deadlines
 
 P = ParamSpec("P")
 
@@ -46,8 +47,9 @@ class RouteGuard:
                 return _refused(429, f"too many requests: {self.max_concurrency} already in flight")
             self.in_flight += 1
             try:
-                async with asyncio.timeout(self.timeout_s):
-                    return await route(*args, **kwargs)
+                with deadlines.within(self.timeout_s):
+                    async with asyncio.timeout(self.timeout_s):
+                        return await route(*args, **kwargs)
             except TimeoutError:
                 refusal = _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
                 return _for_context(refusal, args, kwargs)

@@ -1,30 +1,40 @@
 """The entry service's side of interrogation: an image in, a prompt (or top labels) out.
 
-The entry decodes the image, asks the captioner for its caption and the encoder for its
-features (at interrogation priority, concurrently), then hands both to the encoder, where
-the label tables and the algorithm live. While the tables are still being made, a request
-waits for them only if they should be ready within half its time budget; otherwise it is
-answered 503 at once, with the build's progress and when to retry.
+Everything a request names is checked before any model work: the label tables must be due
+within half its time budget (else 503 at once, with the build's progress and when to
+retry), its custom label tables must exist. Then it is admitted (at most
+``MAX_INTERROGATIONS`` at once per entry worker, ``MAX_QUEUED_INTERROGATIONS`` waiting, and
+none that could not finish before its deadline: a 503 with ``Retry-After`` at arrival, before
+its caption is made); the entry decodes the image, asks the captioner for its caption and
+the encoder for its features (at interrogation priority, concurrently), then hands both to
+the encoder, where the label tables and the algorithm live (and where the same admission
+applies to the interrogations of all entry workers). A failure anywhere cancels the rest.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
-from PIL import Image
 
-from clip_service.engines.clip_engine import Analysis, ChainProgress, Interrogation
+from clip_service.concurrency import gather_or_cancel
+from clip_service.engines.clip_engine import (
+    Analysis,
+    ChainProgress,
+    Interrogation,
+    interrogation_cost,
+)
 from clip_service.errors import Unavailable
 from clip_service.interrogation.custom_tables import RankedTerm
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import timed_interrogation
 from clip_service.models.captioning import CaptionerInfo
-from clip_service.scheduling import Priority
+from clip_service.scheduling import Admission, Overloaded, Priority
+from clip_service.server import deadlines
 from clip_service.server.encoding import ItemEncoder
 from clip_service.server.label_lists import LabelLists
 from clip_service.server.remote import RemoteModel
@@ -32,6 +42,13 @@ from clip_service.server.remote import RemoteModel
 # Terms of each custom label table given beside a prompt.
 EXTRA_TABLE_TOP_K = 5
 CustomRankings = dict[str, list[RankedTerm]]
+
+
+class ImagePixels(NamedTuple):
+    """An image as interrogation needs it: the inputs of both models, the image dropped."""
+
+    clip: np.ndarray
+    caption: np.ndarray | None  # None when no caption will be made (given, or negative mode)
 
 
 class Interrogated(NamedTuple):
@@ -69,17 +86,33 @@ class InterrogationPipeline:
         captioner: CaptionerClient,
         label_lists: LabelLists,
         request_timeout_s: float,
+        admission: Admission,
     ) -> None:
         self.items, self.encoder, self.captioner_client = items, encoder, captioner
         self.label_lists = label_lists
+        self.admission = admission
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
         # Label tables still being made are waited for only within half a request's budget.
         self.max_wait_s = request_timeout_s / 2
 
-    async def caption(self, image: Image.Image, priority: Priority = Priority.INTERACTIVE) -> str:
-        _, preprocess = await self.captioner.get()
-        pixels = await asyncio.to_thread(preprocess, image)
-        return (await self.captioner_client.caption(pixels=pixels[None], priority=priority))[0]
+    async def pixels(self, data: bytes, field: str, caption: bool = True) -> ImagePixels:
+        """Image bytes -> CLIP's input pixels and, when ``caption``, the captioner's."""
+        preprocessors = [(await self.items.model.get())[1]]
+        if caption:
+            preprocessors.append((await self.captioner.get())[1])
+        clip, *captioner = await self.items.preprocessed(data, field, preprocessors)
+        return ImagePixels(clip, captioner[0] if captioner else None)
+
+    async def caption(self, pixels: ImagePixels, priority: Priority = Priority.INTERACTIVE) -> str:
+        if pixels.caption is None:
+            raise ValueError("no captioner pixels: prepare them with caption=True")
+        captions = await self.captioner_client.caption(
+            pixels=pixels.caption[None], priority=priority
+        )
+        return captions[0]
+
+    async def _features(self, pixels: ImagePixels) -> np.ndarray:
+        return (await self.items.encode_pixels([pixels.clip], Priority.INTERROGATION))[0]
 
     async def tables(self) -> TablesStatus:
         return await self.encoder.label_tables()
@@ -87,7 +120,7 @@ class InterrogationPipeline:
     @timed_interrogation
     async def interrogate(
         self,
-        image: Image.Image,
+        image: ImagePixels,
         mode: Mode,
         caption: str | None,
         min_flavors: int,
@@ -101,24 +134,29 @@ class InterrogationPipeline:
         :meth:`chain_step` tells how far it is meanwhile."""
         started = time.monotonic()
         await self._refuse_unless_tables_due()
-        jobs: list[Any] = [self.items.encode_image(image, Priority.INTERROGATION)]
-        if mode is not Mode.NEGATIVE and not caption:
-            jobs.append(self.caption(image, Priority.INTERROGATION))
-        features, *generated = await asyncio.gather(*jobs)
-        if generated:
-            caption = generated[0]
-        answer, extra = await asyncio.gather(
-            self.encoder.interrogate(
-                image_features=features,
-                mode=mode,
-                caption=caption,
-                min_flavors=min_flavors,
-                max_flavors=max_flavors,
-                wait_s=self._wait_left(started),
-                progress_key=progress_key,
-            ),
-            self._custom(features, label_tables, EXTRA_TABLE_TOP_K),
-        )
+        await self.label_lists.check(label_tables, "label_tables")
+        cost = interrogation_cost(mode, max_flavors)
+        with refused_as_unavailable():
+            async with self.admission.admitted(mode.value, cost, deadlines.time_left_s()):
+                steps: list[Awaitable[Any]] = [self._features(image)]
+                if mode is not Mode.NEGATIVE and not caption:
+                    steps.append(self.caption(image, Priority.INTERROGATION))
+                features, *generated = await gather_or_cancel(*steps)
+                if generated:
+                    caption = generated[0]
+                answer, extra = await gather_or_cancel(
+                    self.encoder.interrogate(
+                        image_features=features,
+                        mode=mode,
+                        caption=caption,
+                        min_flavors=min_flavors,
+                        max_flavors=max_flavors,
+                        wait_s=self._wait_left(started),
+                        progress_key=progress_key,
+                        time_left_s=deadlines.time_left_s(),
+                    ),
+                    self._custom(features, label_tables, EXTRA_TABLE_TOP_K),
+                )
         if answer.prompt is None:
             raise tables_unavailable(answer.tables)
         used = "" if mode is Mode.NEGATIVE else caption or ""
@@ -130,13 +168,14 @@ class InterrogationPipeline:
         return None if progress is None else (progress.step, progress.steps)
 
     async def analyze(
-        self, image: Image.Image, top_k: int, label_tables: Sequence[str] = ()
+        self, image: ImagePixels, top_k: int, label_tables: Sequence[str] = ()
     ) -> tuple[dict[str, list[tuple[str, float]]], CustomRankings | None]:
         """The top-k labels of each built-in table, and of the custom ``label_tables``."""
         started = time.monotonic()
         await self._refuse_unless_tables_due()
-        features = await self.items.encode_image(image, Priority.INTERROGATION)
-        answer, extra = await asyncio.gather(
+        await self.label_lists.check(label_tables, "label_tables")
+        features = await self._features(image)
+        answer, extra = await gather_or_cancel(
             self.encoder.analyze(
                 image_features=features, top_k=top_k, wait_s=self._wait_left(started)
             ),
@@ -162,6 +201,15 @@ class InterrogationPipeline:
 
     def _wait_left(self, started: float) -> float:
         return max(0.0, self.max_wait_s - (time.monotonic() - started))
+
+
+@contextmanager
+def refused_as_unavailable() -> Iterator[None]:
+    """Admission's refusal as the entry answers it: 503 with ``Retry-After``."""
+    try:
+        yield
+    except Overloaded as exc:
+        raise Unavailable(f"busy: interrogations: {exc}", exc.retry_after_s) from None
 
 
 def tables_unavailable(status: TablesStatus) -> Unavailable:

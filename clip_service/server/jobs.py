@@ -10,8 +10,14 @@ Jobs live in a SQLite file that every entry worker shares (a poll may reach any 
 the worker that accepted a job runs it as a task of its own event loop (not the request's:
 the answer is sent at once) and writes its state there. Progress comes from the model
 service running the work, asked when a client polls. A cancel from any worker sets a flag
-that the running worker checks every second. Finished jobs are kept for ``ttl_s``, and
-survive a restart; a job whose worker is gone (a restart, a crash) is reported failed.
+that the running worker checks every second. A job runs for at most ``timeout_s``
+(``JOB_TIMEOUT_S``), waiting its turn when the model services are busy. Finished jobs are
+kept for ``ttl_s``, and survive a restart.
+
+Liveness is a lease, not a process id: the worker running a job renews its lease every
+second; a job whose lease has run out (``LEASE_S``: its worker was killed, or its host
+went away) is failed by whichever worker sees it first, at start, every second, or on a
+poll, and no longer counts against ``max_unfinished``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import sqlite3
 import time
 import uuid
@@ -29,12 +34,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from clip_service.errors import NotFound, RequestError
+from clip_service.errors import NotFound, RequestError, Unavailable
+from clip_service.server import deadlines
 
 State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED = ("succeeded", "failed", "cancelled")
-# How often a worker looks for cancels of its jobs and for expired ones.
+# How often a worker renews its jobs' leases, looks for cancels of them and sweeps the rest.
 WATCH_S = 1.0
+# A job whose worker has not renewed its lease for this long is failed.
+LEASE_S = 15.0
 GONE = "the server restarted (or its worker stopped) while this job ran; submit it again"
 
 
@@ -74,35 +82,49 @@ class TooManyJobs(RequestError):
 
 _SCHEMA = """
 create table if not exists jobs (
-    id text primary key, kind text not null, status text not null, owner integer not null,
+    id text primary key, kind text not null, status text not null, owner text not null,
     created real not null, updated real not null, result text, error text,
-    cancel integer not null default 0
+    cancel integer not null default 0, lease_until real not null default 0
 )
 """
+_UNFINISHED = "status in ('queued', 'running')"
 
 
 class JobRegistry:
     """One entry worker's view of the shared jobs file."""
 
     def __init__(
-        self, path: Path, max_running: int, max_unfinished: int, ttl_s: float, timeout_s: float
+        self,
+        path: Path,
+        max_running: int,
+        max_unfinished: int,
+        ttl_s: float,
+        timeout_s: float,
+        lease_s: float = LEASE_S,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("pragma journal_mode=wal")
         self.db.execute("pragma busy_timeout=5000")
-        self.db.execute(_SCHEMA)
+        _migrate(self.db)
         self.max_unfinished, self.ttl_s, self.timeout_s = max_unfinished, ttl_s, timeout_s
+        self.lease_s = lease_s
         self.slots = asyncio.Semaphore(max_running)
         self.tasks: dict[str, asyncio.Task] = {}
-        self.owner = os.getpid()
+        self.owner = uuid.uuid4().hex  # this registry, for as long as it runs
         self._watcher: asyncio.Task | None = None
+        self.sweep()
+
+    def start(self) -> None:
+        """Renew this worker's leases, act on cancels and sweep, every ``WATCH_S`` (in the
+        serving event loop; also started by the first submission)."""
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def submit(self, kind: str, work: Work) -> JobStatus:
         """Accept a job (429 when too many are unfinished) and start it on this loop."""
-        (unfinished,) = self.db.execute(
-            "select count(*) from jobs where status in ('queued', 'running')"
-        ).fetchone()
+        self.sweep()
+        (unfinished,) = self.db.execute(f"select count(*) from jobs where {_UNFINISHED}").fetchone()
         if unfinished >= self.max_unfinished:
             raise TooManyJobs(
                 f"jobs: {unfinished} unfinished, the limit; retry when some are done",
@@ -110,14 +132,14 @@ class JobRegistry:
             )
         job_id, now = uuid.uuid4().hex, time.time()
         self.db.execute(
-            "insert into jobs (id, kind, status, owner, created, updated) values (?,?,?,?,?,?)",
-            (job_id, kind, "queued", self.owner, now, now),
+            "insert into jobs (id, kind, status, owner, created, updated, lease_until) "
+            "values (?,?,?,?,?,?,?)",
+            (job_id, kind, "queued", self.owner, now, now, now + self.lease_s),
         )
         task = asyncio.get_running_loop().create_task(self._run(job_id, work))
         task.add_done_callback(functools.partial(self._forget, job_id))
         self.tasks[job_id] = task
-        if self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self.start()
         return self._status(job_id)
 
     async def status(self, job_id: str, progress: ProgressSource) -> JobStatus:
@@ -139,19 +161,30 @@ class JobRegistry:
     def cancel(self, job_id: str) -> JobStatus:
         """Cancel a queued or running job (its worker stops it within a second)."""
         self._status(job_id)
-        self.db.execute(
-            "update jobs set cancel = 1 where id = ? and status in ('queued', 'running')",
-            (job_id,),
-        )
+        self.db.execute(f"update jobs set cancel = 1 where id = ? and {_UNFINISHED}", (job_id,))
         self._cancel_mine()
         return self._status(job_id)
+
+    def sweep(self) -> None:
+        """Fail the unfinished jobs whose lease has run out; forget expired finished ones."""
+        now = time.time()
+        self.db.execute(
+            f"update jobs set status = 'failed', error = ?, updated = ? "
+            f"where {_UNFINISHED} and lease_until < ?",
+            (GONE, now, now),
+        )
+        self.db.execute(
+            "delete from jobs where status in ('succeeded', 'failed', 'cancelled') and updated < ?",
+            (now - self.ttl_s,),
+        )
 
     async def _run(self, job_id: str, work: Work) -> None:
         try:
             async with self.slots:
                 self._set(job_id, "running")
-                async with asyncio.timeout(self.timeout_s):
-                    result = await work(job_id)
+                with deadlines.within(self.timeout_s):
+                    async with asyncio.timeout(self.timeout_s):
+                        result = await _when_not_busy(work, job_id)
             self._set(job_id, "succeeded", result=result.model_dump_json())
         except TimeoutError:
             self._set(job_id, "failed", error=f"timeout: not done within {self.timeout_s:g} s")
@@ -172,20 +205,18 @@ class JobRegistry:
                 self._set(job_id, "failed", error=GONE)
 
     async def _watch(self) -> None:
-        """Cancel this worker's jobs flagged by any worker; forget expired jobs."""
         while True:
-            await asyncio.sleep(WATCH_S)
-            self._cancel_mine()
             self.db.execute(
-                "delete from jobs where status in ('succeeded', 'failed', 'cancelled') "
-                "and updated < ?",
-                (time.time() - self.ttl_s,),
+                f"update jobs set lease_until = ? where owner = ? and {_UNFINISHED}",
+                (time.time() + self.lease_s, self.owner),
             )
+            self._cancel_mine()
+            self.sweep()
+            await asyncio.sleep(WATCH_S)
 
     def _cancel_mine(self) -> None:
         flagged = self.db.execute(
-            "select id from jobs where cancel = 1 and owner = ? "
-            "and status in ('queued', 'running')",
+            f"select id from jobs where cancel = 1 and owner = ? and {_UNFINISHED}",
             (self.owner,),
         ).fetchall()
         for (job_id,) in flagged:
@@ -202,15 +233,15 @@ class JobRegistry:
 
     def _status(self, job_id: str) -> JobStatus:
         row = self.db.execute(
-            "select kind, status, owner, created, updated, error from jobs where id = ?",
+            "select kind, status, created, updated, error, lease_until from jobs where id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             raise JobNotFound(
                 f"job: no job {job_id} (unknown, or finished over {self.ttl_s:g} s ago)"
             )
-        kind, status, owner, created, updated, error = row
-        if status not in FINISHED and not _alive(owner, self.owner, self.tasks, job_id):
+        kind, status, created, updated, error, lease_until = row
+        if status not in FINISHED and lease_until < time.time():
             self._set(job_id, "failed", error=GONE)
             status, error = "failed", GONE
         stage = status if status in ("queued", "running") else "done"
@@ -225,14 +256,20 @@ class JobRegistry:
         )
 
 
-def _alive(owner: int, me: int, mine: dict[str, asyncio.Task], job_id: str) -> bool:
-    """Whether the worker that runs a job still does."""
-    if owner == me:
-        return job_id in mine
-    try:
-        os.kill(owner, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+async def _when_not_busy(work: Work, job_id: str) -> BaseModel:
+    """The job's work, tried again after the ``Retry-After`` it was given while the model
+    services are busy or restarting (a job waits its turn; its own deadline bounds it)."""
+    while True:
+        try:
+            return await work(job_id)
+        except Unavailable as exc:
+            await asyncio.sleep(float(exc.headers.get("Retry-After", "5")))
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the table; a file from a version that tracked jobs by process id (no lease
+    column) starts over: its unfinished jobs were lost with their workers anyway."""
+    columns = {row[1] for row in db.execute("pragma table_info(jobs)")}
+    if columns and "lease_until" not in columns:
+        db.execute("drop table jobs")
+    db.execute(_SCHEMA)

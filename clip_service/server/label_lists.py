@@ -50,11 +50,20 @@ class LabelLists:
     async def delete(self, name: str) -> bool:
         return await self.encoder.delete_label_list(name=name)
 
+    async def check(self, names: Sequence[str], field: str) -> None:
+        """Refuse, before any model work, names that are not usable tables now: a 400
+        naming ``field`` for a table that does not exist or is unusable, a 503 while one is
+        being embedded."""
+        if not names:
+            return
+        statuses = {status.name: status for status in await self.encoder.label_lists()}
+        for name in dict.fromkeys(names):
+            _check_usable(name, statuses.get(name), field)
+
     async def rank(
         self, image_features: np.ndarray, names: Sequence[str], top_k: int, field: str
     ) -> dict[str, list[RankedTerm]]:
-        """Each named table's top-k terms; a 400 naming ``field`` for a table that does not
-        exist or is unusable, a 503 while one is being embedded."""
+        """Each named table's top-k terms; errors as :meth:`check`'s."""
         if not names:
             return {}
         rankings = await self.encoder.rank_label_lists(
@@ -62,16 +71,18 @@ class LabelLists:
         )
         out = {}
         for name, ranking in rankings.items():
-            if ranking.status is None:
-                raise InvalidInput(field, f"no custom label table {name!r}; see GET /label-tables")
-            if ranking.status.state == "failed":
-                raise InvalidInput(
-                    field, f"label table {name!r} is unusable: {ranking.status.error}"
-                )
-            if ranking.terms is None:
-                message = (
-                    f"label table {name!r}: its {ranking.status.labels} terms are being embedded"
-                )
-                raise Unavailable(message, RETRY_S)
+            _check_usable(name, ranking.status, field)
+            if ranking.terms is None:  # replaced since the check: being embedded again
+                raise Unavailable(f"label table {name!r} is being embedded", RETRY_S)
             out[name] = ranking.terms
         return out
+
+
+def _check_usable(name: str, status: CustomTableStatus | None, field: str) -> None:
+    if status is None:
+        raise InvalidInput(field, f"no custom label table {name!r}; see GET /label-tables")
+    if status.state == "failed":
+        raise InvalidInput(field, f"label table {name!r} is unusable: {status.error}")
+    if status.state != "ready":
+        message = f"label table {name!r}: its {status.labels} terms are being embedded"
+        raise Unavailable(message, RETRY_S)

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clip_service.errors import InvalidInput, error_body, normalize_error_body, openai_error_body
 from clip_service.inputs.json_depth import exceeds_depth
-from clip_service.server import request_ids
+from clip_service.process import request_ids
 from clip_service.server.auth import ApiKeys
 from clip_service.server.forms import BodyKind, content_type, prepare
 from clip_service.server.guard import RETRY_AFTER_S

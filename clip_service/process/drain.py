@@ -25,11 +25,14 @@ from typing import Any, Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from clip_service.server import hooks
+from clip_service.process import hooks
 
 logger = logging.getLogger(__name__)
 
 Role = Literal["entry", "model"]
+# Health checks and scrapes arrive every few seconds whatever the traffic: they are not work
+# the drain waits for (a probe every 5 s would keep a model service from ever seeing quiet).
+PROBES = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 
 
 class Drain:
@@ -69,7 +72,8 @@ class Drain:
 
 
 class GracefulShutdown:
-    """A model service's drain: counts its requests in flight, so it serves on until idle."""
+    """A model service's drain: counts its requests in flight (not probes), so it serves on
+    until idle."""
 
     def __init__(self, app: ASGIApp, quiet_s: float, max_drain_s: float) -> None:
         self.app = app
@@ -80,7 +84,7 @@ class GracefulShutdown:
         if scope["type"] == "lifespan" and not self._installed:
             self._installed = True  # uvicorn's handler is in place before the lifespan
             self.drain.install()
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PROBES:
             await self.app(scope, receive, send)
             return
         self.drain.in_flight += 1

@@ -11,7 +11,7 @@ from bentoml.exceptions import InvalidArgument as BentoInvalidArgument
 from pydantic import ValidationError
 
 from clip_service.errors import InvalidInput
-from clip_service.server import request_ids
+from clip_service.process import request_ids
 
 _FORMAT = "%(asctime)s [%(levelname)s] [%(name)s] [request_id=%(request_id)s] %(message)s"
 

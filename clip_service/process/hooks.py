@@ -49,7 +49,7 @@ def install(header_timeout_s: float) -> None:
     """Install the hooks, in every service process (all import the service module)."""
     if (found := installed_versions()) != WRITTEN_FOR:
         raise RuntimeError(
-            f"clip_service.server.hooks was written for {WRITTEN_FOR}, found {found}: "
+            f"clip_service.process.hooks was written for {WRITTEN_FOR}, found {found}: "
             "re-check each hook it lists against the new versions, then update WRITTEN_FOR"
         )
     TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
@@ -58,7 +58,7 @@ def install(header_timeout_s: float) -> None:
     ):
         raise RuntimeError(
             f"uvicorn's auto protocol is {auto.AutoHTTPProtocol.__name__}, not h11: the "
-            "request-head deadline (clip_service.server.hooks) does not apply to it"
+            "request-head deadline (clip_service.process.hooks) does not apply to it"
         )
     auto.AutoHTTPProtocol = type(
         "HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"timeout_s": header_timeout_s}

@@ -1,0 +1,68 @@
+"""The decode budget (clip_service/inputs/pixel_budget.py): images hold their pixel count
+until done; what does not fit waits in order; one larger than the budget runs alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+from clip_service.inputs.pixel_budget import PixelBudget
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_pixels_held_never_exceed_the_budget() -> None:
+    async def main() -> None:
+        budget = PixelBudget(100)
+        peak = 0
+        gates = [asyncio.Event() for _ in range(4)]
+
+        async def decode(pixels: int, gate: asyncio.Event) -> None:
+            nonlocal peak
+            async with budget.hold(pixels):
+                peak = max(peak, budget.in_use)
+                await gate.wait()
+
+        tasks = [
+            asyncio.create_task(decode(pixels, gate))
+            for pixels, gate in zip((60, 30, 50, 500), gates, strict=True)
+        ]
+        await settle()
+        assert budget.in_use == 90  # 60 + 30; the 50 waits, and the 500 behind it
+        gates[0].set()
+        await settle()
+        assert budget.in_use == 80  # 30 + 50
+        gates[1].set()
+        gates[2].set()
+        await settle()
+        assert budget.in_use == 100  # the 500, alone, holding the whole budget
+        gates[3].set()
+        await asyncio.gather(*tasks)
+        assert peak <= 100 and budget.in_use == 0
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_waiter_gives_way() -> None:
+    async def main() -> None:
+        budget = PixelBudget(10)
+        gate = asyncio.Event()
+
+        async def decode(pixels: int) -> None:
+            async with budget.hold(pixels):
+                await gate.wait()
+
+        first = asyncio.create_task(decode(8))
+        await settle()
+        big, small = asyncio.create_task(decode(5)), asyncio.create_task(decode(1))
+        await settle()
+        big.cancel()
+        await settle()
+        assert budget.in_use == 9  # the small one behind the cancelled one was granted
+        gate.set()
+        await asyncio.gather(first, small)
+        assert budget.in_use == 0
+
+    asyncio.run(main())
