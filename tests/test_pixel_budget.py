@@ -66,3 +66,36 @@ def test_a_cancelled_waiter_gives_way() -> None:
         assert budget.in_use == 0
 
     asyncio.run(main())
+
+
+def test_a_release_before_a_cancelled_waiter_has_run_skips_it() -> None:
+    """A waiter cancelled (a request's 504) in the same turn of the loop as the budget is
+    released, before its task has run: the release must pass it over, not grant it."""
+
+    async def main() -> None:
+        budget = PixelBudget(10)
+        held, release = asyncio.Event(), asyncio.Event()
+        waiters: list[asyncio.Task[None]] = []
+
+        async def holder() -> None:
+            async with budget.hold(10):
+                held.set()
+                await release.wait()
+                waiters[0].cancel()  # its future is cancelled now; its task runs later
+
+        async def waiter(pixels: int) -> None:
+            async with budget.hold(pixels):
+                pass
+
+        first = asyncio.create_task(holder())
+        await held.wait()
+        waiters.extend([asyncio.create_task(waiter(6)), asyncio.create_task(waiter(4))])
+        await settle()
+        release.set()
+        await first
+        cancelled, behind = waiters
+        await asyncio.gather(cancelled, behind, return_exceptions=True)
+        assert cancelled.cancelled() and behind.done() and not behind.exception()
+        assert budget.in_use == 0 and not budget._waiters
+
+    asyncio.run(main())

@@ -15,12 +15,14 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -40,6 +42,7 @@ pytestmark = pytest.mark.served
 
 ENTRY_TIMEOUT_S = 20
 MODEL_PORT = 3000
+HEADER_READ_TIMEOUT_S = 3  # the model services' (the combined server's default is 10)
 
 
 def _ip(*args: str) -> None:
@@ -151,6 +154,7 @@ class Split:
     entry: str
     encoder: str
     encoder_host: Host
+    encoder_log: Path
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +170,9 @@ def split(tiny_models, tmp_path_factory) -> Iterator[Split]:
         ports = [MODEL_PORT if use_netns else free_port() for _ in hosts]
         urls = [f"http://{h.address}:{p}" for h, p in zip(hosts, ports, strict=True)]
         targets = ["runners.clip_encoder:ClipEncoder", "runners.blip_captioner:BlipCaptioner"]
+        guards = {"HEADER_READ_TIMEOUT_S": str(HEADER_READ_TIMEOUT_S)}
         servers = [
-            stack.enter_context(server(h.prefix, target, h.address, port, home, **models))
+            stack.enter_context(server(h.prefix, target, h.address, port, home, **models, **guards))
             for h, target, port in zip(hosts, targets, ports, strict=True)
         ]
         for h, started in zip(hosts, servers, strict=True):  # started together, loaded in parallel
@@ -188,7 +193,7 @@ def split(tiny_models, tmp_path_factory) -> Iterator[Split]:
             )
         )
         entry.wait_ready()
-        yield Split(f"http://127.0.0.1:{entry_port}", urls[0], hosts[0])
+        yield Split(f"http://127.0.0.1:{entry_port}", urls[0], hosts[0], servers[0].log)
 
 
 def _encode_images_batches(encoder_url: str) -> tuple[float, float]:
@@ -248,3 +253,23 @@ def test_cut_link_gives_clean_5xx_and_service_recovers(split):
                 return
         time.sleep(0.5)
     raise AssertionError("the entry did not recover after the link returned")
+
+
+def test_a_model_service_served_alone_has_the_guards(split):
+    """`bentoml serve runners.clip_encoder:ClipEncoder` installs what the combined server
+    does: the request-head deadline closes a connection whose head never ends, and the
+    project's log lines (the label-table build's) reach its log."""
+    encoder = urlsplit(split.encoder)
+    with socket.create_connection((encoder.hostname, encoder.port), timeout=30) as sock:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: encoder\r\n")  # no blank line: unfinished
+        start = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        held = time.monotonic() - start
+    assert HEADER_READ_TIMEOUT_S - 0.5 < held < HEADER_READ_TIMEOUT_S + 5, (held, answer)
+    assert b"200 OK" not in answer
+    deadline = time.monotonic() + 300
+    while "label tables ready" not in split.encoder_log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the encoder logged no clip_service lines"
+        time.sleep(1)

@@ -40,8 +40,9 @@ class PixelBudget:
                 if granted.done() and not granted.cancelled():
                     self._release(amount)  # granted just as it was cancelled
                 else:
-                    self._waiters.remove((amount, granted))
-                    self._grant()
+                    if (amount, granted) in self._waiters:
+                        self._waiters.remove((amount, granted))
+                    self._grant()  # those behind it may fit now
                 raise
         else:
             self.in_use += amount
@@ -57,5 +58,7 @@ class PixelBudget:
     def _grant(self) -> None:
         while self._waiters and self.in_use + self._waiters[0][0] <= self.capacity:
             amount, granted = self._waiters.popleft()
+            if granted.done():  # its task was cancelled and has yet to run: skip it
+                continue
             self.in_use += amount
             granted.set_result(None)

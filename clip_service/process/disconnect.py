@@ -52,7 +52,7 @@ class CancelOnDisconnect:
                 scope.get("path"),
             )
             if not request.response_started:
-                await send({"type": "http.response.start", "status": CLIENT_CLOSED})
+                await send({"type": "http.response.start", "status": CLIENT_CLOSED, "headers": []})
                 await send({"type": "http.response.body", "body": b""})
         finally:
             request.stop_watching()
