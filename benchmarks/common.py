@@ -28,7 +28,8 @@ import httpx
 import numpy as np
 
 from clip_service.interrogation import LabelCache, LabelTables, read_label_tables
-from clip_service.models.clip import ClipModel, load_configured_clip_model
+from clip_service.models.clip import ClipModel
+from clip_service.models.factory import load_configured_clip_model
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -119,16 +120,18 @@ def server_process(
     *,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 600,
+    cwd: Path = REPO,
 ) -> Iterator[Path]:
     """Start ``command`` in its own process group, wait until ``ready_url`` answers 200,
-    yield its log file, and stop the group (SIGTERM, then SIGKILL): only what it started."""
+    yield its log file, and stop the group (SIGTERM, then SIGKILL): only what it started.
+    ``cwd``: the checkout to run it in (another commit's, for a before/after run)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     started = time.perf_counter()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             list(command),
-            cwd=REPO,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import header, markdown_table, write_results
 from benchmarks.decode_worker import DecodeWorker
 from clip_service.inputs.images import MAX_ASPECT_RATIO
-from clip_service.models.clip import load_clip_model
+from clip_service.models.factory import load_clip_model
 from clip_service.models.specs import parse_clip_spec
 from clip_service.settings import Settings
 from clip_service.testing.tiny_models import make_all

@@ -24,7 +24,8 @@ import onnxruntime
 import open_clip
 import torch
 
-from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.clip import ClipModel
+from clip_service.models.factory import load_clip_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import cpu_name

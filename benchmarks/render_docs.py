@@ -65,6 +65,13 @@ KNOWN = (
         "models, same label tables, same bounded `max_flavors`; prompts compared as strings.",
     ),
     Source(
+        "interrogation_goodput.md",
+        "benchmarks/interrogation_goodput.py",
+        "Many best-mode interrogations at once with a deadline that bites, this code against "
+        "an earlier commit: answers in time per minute, refusals and how fast they come, "
+        "504s, and the encoder's work after the last answer (work for nobody).",
+    ),
+    Source(
         "label_tables.md",
         "benchmarks/label_tables.py",
         "Building label-table embeddings (the first 4,096 flavors) here and with "

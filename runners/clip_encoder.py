@@ -28,7 +28,8 @@ from clip_service.interrogation.custom_tables import (
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import SchedulerMetrics
-from clip_service.models.clip import ModelInfo, load_configured_clip_model, pick_device
+from clip_service.models.clip import ModelInfo
+from clip_service.models.factory import load_configured_clip_model, pick_device
 from clip_service.models.hub import fetch_clip_files
 from clip_service.models.precision import plan
 from clip_service.models.specs import parse_clip_spec

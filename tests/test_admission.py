@@ -73,11 +73,13 @@ def test_durations_are_learned_per_unit_of_cost_and_refuse_what_would_be_late(cl
         long = asyncio.create_task(hold(admission, release, cost=30))  # 60 s expected
         await settle()
         clock.now += 10  # 50 s of it left
+        # A deadline 75 s away: admitted to finish within DEADLINE_SHARE of it, 60 s.
+        assert 75 * admission_module.DEADLINE_SHARE == 60
         with pytest.raises(Overloaded, match="past its deadline") as refused:
-            async with admission.admitted("best", cost=10, time_left_s=60):
+            async with admission.admitted("best", cost=10, time_left_s=75):
                 raise AssertionError("50 s ahead + 20 s of its own > 60 s")
-        assert refused.value.retry_after_s == 10
-        async with admission.admitted("best", cost=5, time_left_s=60):
+        assert refused.value.retry_after_s == pytest.approx(10)
+        async with admission.admitted("best", cost=5, time_left_s=75):
             pass  # 50 + 10 fits
         release.set()
         await long

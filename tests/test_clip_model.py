@@ -10,7 +10,8 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 
 from clip_service.models.backends.open_clip_backend import OpenClipModel
-from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.clip import ClipModel
+from clip_service.models.factory import load_clip_model
 from clip_service.models.specs import parse_clip_spec
 from clip_service.models.text_prefix import (
     PrefixCache,

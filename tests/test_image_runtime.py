@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from clip_service.models import image_runtime
-from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.clip import ClipModel
+from clip_service.models.factory import load_clip_model
 from clip_service.models.image_runtime import min_cosine
 from clip_service.models.specs import parse_clip_spec
 

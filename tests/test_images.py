@@ -4,7 +4,6 @@ import base64
 import io
 import re
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -224,11 +223,9 @@ def test_png_text_chunks_are_capped():
     text = zlib.compress(b"\0" * (2**20 - 64))
     chunks = [_png_chunk(b"zTXt", b"k%d\0\0" % i + text) for i in range(70)]
     data = _png(8, 8, (b"\0" + b"\0" * 24) * 8, *chunks)
-    started = time.monotonic()
     with peak_growth() as growth, pytest.raises(InvalidInput, match="text chunks"):
         decode_image(data, "f", max_pixels=LIMIT)
     assert growth["bytes"] < 24 * 2**20
-    assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(

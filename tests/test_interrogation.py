@@ -47,7 +47,8 @@ from clip_service.interrogation import (
     read_label_tables,
 )
 from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES, package_data_dir
-from clip_service.models.clip import ClipModel, load_clip_model
+from clip_service.models.clip import ClipModel
+from clip_service.models.factory import load_clip_model
 from clip_service.models.specs import parse_clip_spec
 from clip_service.testing.tiny_models import make_blip, make_open_clip
 from tests.conftest import write_library_cache

@@ -184,3 +184,24 @@ def test_past_the_admission_bound_a_request_is_refused_at_arrival() -> None:
         await made.interrogate(IMAGE, Mode.FAST, "given", 8, None)  # a slot again
 
     asyncio.run(main())
+
+
+def test_ready_tables_are_asked_for_once_and_a_restarted_encoder_still_says_503() -> None:
+    """Arrivals do not wait on a busy encoder to hear again that its tables are ready; an
+    encoder that lost them since (restarted, building) answers without a prompt: 503."""
+    made, (_, encoder, _) = pipeline(READY)
+    asked = 0
+    answer = encoder.label_tables
+
+    async def counted() -> TablesStatus:
+        nonlocal asked
+        asked += 1
+        return await answer()
+
+    encoder.label_tables = counted
+    for _ in range(3):
+        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+    assert asked == 1
+    encoder.status = BUILDING
+    with pytest.raises(Unavailable, match="labels embedded"):
+        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))

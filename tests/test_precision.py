@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip_service.models.clip import load_clip_model
+from clip_service.models.factory import load_clip_model
 from clip_service.models.image_runtime import min_cosine
 from clip_service.models.precision import PrecisionError, plan
 from clip_service.models.specs import parse_clip_spec

@@ -7,7 +7,8 @@ import open_clip
 import pytest
 from transformers import CLIPProcessor
 
-from clip_service.models.clip import ModelInfo, load_clip_model
+from clip_service.models.clip import ModelInfo
+from clip_service.models.factory import load_clip_model
 from clip_service.models.preprocess import build_preprocessor
 from clip_service.models.specs import parse_clip_spec
 from tests.conftest import make_image

@@ -292,21 +292,17 @@ def test_size_limit(base, path):
 
 def test_whole_fetch_timeout(base):
     """``/slow`` sends a byte every 0.1 s: no single read stalls, the whole fetch does."""
-    start = time.monotonic()
     problem = refused(f"{base}/slow", allow=LOOPBACK, timeout_s=0.5)
     assert problem == "fetching the URL timed out after 0.5 s"
-    assert time.monotonic() - start < 2
 
 
 def test_timeout_covers_name_resolution():
-    async def timed() -> float:
-        start = time.monotonic()
+    async def timed() -> None:
         with pytest.raises(InvalidInput) as caught:
             await fetch_image_url(f"http://{SLOW_DNS}/a.png", "f", UrlPolicy(timeout_s=0.2))
         assert caught.value.problem == "fetching the URL timed out after 0.2 s"
-        return time.monotonic() - start
 
-    assert asyncio.run(timed()) < 0.8
+    asyncio.run(timed())
 
 
 def test_connection_errors_are_invalid_input(port):

@@ -25,7 +25,8 @@ from clip_service.interrogation.hub_tables import published_tables
 from clip_service.interrogation.label_cache import LabelCache
 from clip_service.interrogation.labels import read_label_tables
 from clip_service.models.captioning import resolve_caption_model
-from clip_service.models.clip import ClipModel, ModelUnavailableError, load_configured_clip_model
+from clip_service.models.clip import ClipModel, ModelUnavailableError
+from clip_service.models.factory import load_configured_clip_model
 from clip_service.models.specs import ModelSpecError, parse_clip_spec
 from clip_service.settings import Settings
 

@@ -94,6 +94,10 @@ class InterrogationPipeline:
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
         # Label tables still being made are waited for only within half a request's budget.
         self.max_wait_s = request_timeout_s / 2
+        # Once the encoder has said its tables are ready, arrivals are not held up asking
+        # it again (a busy encoder answers slowly, and refusals must be quick); should an
+        # encoder restart without them, its interrogate answers without a prompt (503).
+        self._tables_seen_ready = False
 
     async def pixels(self, data: bytes, field: str, caption: bool = True) -> ImagePixels:
         """Image bytes -> CLIP's input pixels and, when ``caption``, the captioner's."""
@@ -195,7 +199,10 @@ class InterrogationPipeline:
 
     async def _refuse_unless_tables_due(self) -> None:
         """503 before any model work when the tables will not be ready in time."""
+        if self._tables_seen_ready:
+            return
         status = await self.tables()
+        self._tables_seen_ready = status.state == "ready"
         if not status.due_within(self.max_wait_s):
             raise tables_unavailable(status)
 
