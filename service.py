@@ -26,7 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from clip_service import process
 from clip_service.errors import InvalidInput, NotFound, NotServed, error_body, validation_message
-from clip_service.interrogation.custom_tables import CustomTableStatus, ListLimits
+from clip_service.interrogation.custom_tables import CustomTableLimits, CustomTableStatus
 from clip_service.interrogation.interrogator import Mode
 from clip_service.models.ranking import rank
 from clip_service.process.disconnect import CancelOnDisconnect
@@ -42,13 +42,13 @@ from clip_service.server.classify import (
     Score,
     parse_template,
 )
+from clip_service.server.custom_tables import RemoteCustomTables
 from clip_service.server.encoding import ItemEncoder
 from clip_service.server.form_embeddings import OPENAPI_BODY, embed_form
 from clip_service.server.forms import declared_bodies, takes
 from clip_service.server.guard import RouteGuard
 from clip_service.server.interrogation import CustomRankings, InterrogationPipeline
 from clip_service.server.jobs import JobRegistry, JobStatus
-from clip_service.server.label_lists import LabelLists
 from clip_service.server.limits import check_classify_chars, check_rank_pairs, check_url_items
 from clip_service.server.middleware import AccessControl, RequestReader, ResponseShaper
 from clip_service.server.openai_embeddings import (
@@ -123,17 +123,17 @@ class ClipApi:
         torch.set_num_threads(1)
         encoder = Guarded(self.encoder.to_async, "ClipEncoder")
         self.items = ItemEncoder(encoder, settings)
-        limits = ListLimits(
-            settings.max_label_lists, settings.max_list_labels, settings.max_text_chars
+        limits = CustomTableLimits(
+            settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
         )
-        self.label_lists = LabelLists(encoder, limits)
+        self.custom_tables = RemoteCustomTables(encoder, limits)
         self.interrogation = None
         if settings.interrogation:
             self.interrogation = InterrogationPipeline(
                 self.items,
                 encoder,
                 Guarded(self.captioner.to_async, "BlipCaptioner"),
-                self.label_lists,
+                self.custom_tables,
                 settings.request_timeout_s,
                 Admission(settings.max_interrogations, settings.max_queued_interrogations),
             )
@@ -386,7 +386,7 @@ class ClipApi:
             check_classify_chars(labels, template, settings.max_classify_chars)
         vector = await self.items.encode_image(*await self.items.image_bytes(image, "image"))
         if custom:
-            ranked = await self.label_lists.rank(vector, [label_set], top_k, "label_set")
+            ranked = await self.custom_tables.rank(vector, [label_set], top_k, "label_set")
             scores = [ClassScore(**t.model_dump(), group=label_set) for t in ranked[label_set]]
             return ClassifyResult(scores=scores)
         scores = await self.classifier.classify(vector, labels, label_set, parsed, top_k)
@@ -503,7 +503,7 @@ async def cancel_job(job_id: str) -> JobStatus:
     return bentoml.get_current_service().jobs.cancel(job_id)
 
 
-class LabelList(BaseModel):
+class CustomTableBody(BaseModel):
     name: str = Field(description="1-64 of a-z, 0-9, _ and -")
     labels: list[str] = Field(description="the terms, one per item")
 
@@ -516,10 +516,10 @@ class LabelList(BaseModel):
     responses={200: {"description": "ready already"}, 400: {"description": "a bad list"}},
 )
 @guard
-async def put_label_table(table: LabelList) -> JSONResponse:
+async def put_label_table(table: CustomTableBody) -> JSONResponse:
     """Store a custom label table (replacing one of that name) and embed its terms once,
     in the background (202 until ready); cached by model and list."""
-    status = await bentoml.get_current_service().label_lists.put(table.name, table.labels)
+    status = await bentoml.get_current_service().custom_tables.put(table.name, table.labels)
     code = 200 if status.state == "ready" else 202
     return JSONResponse(status.model_dump(), status_code=code)
 
@@ -543,9 +543,9 @@ async def invalid_body(request: Request, exc: RequestValidationError) -> JSONRes
 @http.get("/label-tables", response_model=list[CustomTableStatus], tags=["Label tables"])
 @guard
 async def label_tables() -> list[CustomTableStatus]:
-    """The custom label tables (``POST /label-tables``, or files in ``LABEL_LISTS_DIR``)
+    """The custom label tables (``POST /label-tables``, or files in ``CUSTOM_TABLES_DIR``)
     and whether each is ready."""
-    return await bentoml.get_current_service().label_lists.all()
+    return await bentoml.get_current_service().custom_tables.all()
 
 
 @http.delete(
@@ -557,7 +557,7 @@ async def label_tables() -> list[CustomTableStatus]:
 @guard
 async def delete_label_table(name: str) -> Response:
     """Remove a custom label table (its cached embeddings stay, keyed by its terms)."""
-    if not await bentoml.get_current_service().label_lists.delete(name):
+    if not await bentoml.get_current_service().custom_tables.delete(name):
         raise NotFound(f"name: no custom label table {name!r}")
     return Response(status_code=204)
 

@@ -93,7 +93,7 @@ def measure(name: str, tree: Path, models: dict[str, Path], args, work: Path) ->
         "REQUEST_TIMEOUT_S": str(args.timeout),
         "LABEL_CACHE_DIR": str(work / "label-cache"),  # shared: built once, by the first
         "JOBS_DB": str(work / name / "jobs.sqlite3"),
-        "LABEL_LISTS_DIR": str(work / name / "label-lists"),
+        "CUSTOM_TABLES_DIR": str(work / name / "label-lists"),
         "SHUTDOWN_QUIET_S": "1",
     }
     env = bentoml_env(work / name / "bentoml", settings)

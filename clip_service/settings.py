@@ -6,13 +6,14 @@ public deployment on a small CPU machine.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from clip_service.inputs.url_fetch import UrlPolicy
@@ -21,6 +22,8 @@ from clip_service.models.precision import PrecisionSetting, RuntimeSetting
 # An API key: what an Authorization or X-API-Key header can carry, less the comma that
 # separates keys in API_KEYS.
 _KEY = re.compile(r"^[\x21-\x2b\x2d-\x7e]+$")
+
+logger = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
@@ -104,10 +107,18 @@ class Settings(BaseSettings):
     label_tables_download: bool = True
     # Interrogation label-table embeddings, one safetensors file per model and table.
     label_cache_dir: Path = Path.home() / ".cache" / "clip-service" / "label-embeddings"
-    # Custom label tables: one <name>.txt per table (one term per line), uploads land here.
-    label_lists_dir: Path = Path.home() / ".cache" / "clip-service" / "label-lists"
-    max_label_lists: int = Field(32, ge=1)
-    max_list_labels: int = Field(20_000, ge=1)
+    # Custom label tables: one <name>.txt per table (one term per line), uploads land here
+    # (the default folder keeps its first name, so earlier uploads stay where they were).
+    custom_tables_dir: Path = Field(
+        Path.home() / ".cache" / "clip-service" / "label-lists",
+        validation_alias=AliasChoices("custom_tables_dir", "label_lists_dir"),
+    )
+    max_custom_tables: int = Field(
+        32, ge=1, validation_alias=AliasChoices("max_custom_tables", "max_label_lists")
+    )
+    max_custom_table_labels: int = Field(
+        20_000, ge=1, validation_alias=AliasChoices("max_custom_table_labels", "max_list_labels")
+    )
 
     # Input limits (docs/api.md, "Limits").
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1)
@@ -200,6 +211,18 @@ class Settings(BaseSettings):
         return tuple(keys)
 
 
+# Settings renamed (old name -> new name): the old one is still read, with a warning.
+RENAMED = {
+    "LABEL_LISTS_DIR": "CUSTOM_TABLES_DIR",
+    "MAX_LABEL_LISTS": "MAX_CUSTOM_TABLES",
+    "MAX_LIST_LABELS": "MAX_CUSTOM_TABLE_LABELS",
+}
+
+
 @cache
 def get_settings() -> Settings:
+    for old, new in RENAMED.items():
+        if old in os.environ:
+            where = "ignored: " if new in os.environ else "read as "
+            logger.warning("setting %s is deprecated (%s%s): rename it", old, where, new)
     return Settings()

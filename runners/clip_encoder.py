@@ -20,10 +20,10 @@ from clip_service.engines.clip_engine import (
     Interrogation,
 )
 from clip_service.interrogation.custom_tables import (
+    CustomTableLimits,
     CustomTableStatus,
-    ListLimits,
     Ranking,
-    check_list,
+    check_table,
 )
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.table_build import TablesStatus
@@ -43,8 +43,8 @@ from runners.model_service import (
 )
 
 settings = get_settings()
-LIST_LIMITS = ListLimits(
-    settings.max_label_lists, settings.max_list_labels, settings.max_text_chars
+CUSTOM_TABLE_LIMITS = CustomTableLimits(
+    settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
 )
 
 
@@ -74,7 +74,7 @@ class ClipEncoder:
         """Custom label tables, and interrogation's, load, download or build from the start,
         at the lowest priority (interrogation's: not for a CLIP-only deployment)."""
         self.engine.start_custom_tables(
-            settings.label_lists_dir, settings.label_cache_dir, LIST_LIMITS
+            settings.custom_tables_dir, settings.label_cache_dir, CUSTOM_TABLE_LIMITS
         )
         if settings.interrogation:
             self.engine.build_label_tables(settings.label_cache_dir, settings.label_tables_download)
@@ -137,29 +137,29 @@ class ClipEncoder:
         return await self.engine.analyze(image_features, top_k, wait_s)
 
     @bentoml.api
-    def label_tables(self) -> TablesStatus | None:
+    def builtin_tables(self) -> TablesStatus | None:
         """How far the label tables are; null when this deployment does no interrogation."""
         return self.engine.tables_status()
 
     # The custom tables' APIs run on the event loop, where their embedding runs.
     @bentoml.api
-    async def label_lists(self) -> list[CustomTableStatus]:
+    async def custom_tables(self) -> list[CustomTableStatus]:
         """The custom label tables and how far each is."""
         return self.engine.custom_tables().statuses()
 
     @bentoml.api
-    async def put_label_list(self, name: str, labels: list[str]) -> CustomTableStatus | None:
+    async def put_custom_table(self, name: str, labels: list[str]) -> CustomTableStatus | None:
         """Store a custom table (checked by the caller) and start embedding it; none when
         there are too many tables."""
         custom = self.engine.custom_tables()
-        return custom.put(check_list(name, labels, LIST_LIMITS))
+        return custom.put(check_table(name, labels, CUSTOM_TABLE_LIMITS))
 
     @bentoml.api
-    async def delete_label_list(self, name: str) -> bool:
+    async def delete_custom_table(self, name: str) -> bool:
         return self.engine.custom_tables().delete(name)
 
     @bentoml.api
-    async def rank_label_lists(
+    async def rank_custom_tables(
         self, image_features: np.ndarray, names: list[str], top_k: int
     ) -> dict[str, Ranking]:
         """Each named custom table's top-k terms for raw image features."""

@@ -106,7 +106,7 @@ def serve_env(tmp_home: Path, **env: str) -> dict[str, str]:
         "ONNX_CACHE_DIR": str(tmp_home.parent / "onnx-cache"),
         # The server's own files, never the user's.
         "JOBS_DB": str(tmp_home / "jobs.sqlite3"),
-        "LABEL_LISTS_DIR": str(tmp_home / "label-lists"),
+        "CUSTOM_TABLES_DIR": str(tmp_home / "label-lists"),
         **env,
     }
 

@@ -35,8 +35,8 @@ def client(tiny_models, tmp_path_factory) -> Iterator[TestClient]:
         "LABEL_CACHE_DIR": str(home / "labels"),
         "LABEL_TABLES_DOWNLOAD": "false",
         "JOBS_DB": str(home / "jobs.sqlite3"),
-        "LABEL_LISTS_DIR": str(home / "label-lists"),
-        "MAX_LABEL_LISTS": "3",
+        "CUSTOM_TABLES_DIR": str(home / "label-lists"),
+        "MAX_CUSTOM_TABLES": "3",
         "HF_HUB_OFFLINE": "1",
     }
     saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
@@ -332,7 +332,7 @@ def test_bad_label_lists_are_a_400_naming_the_field(client, body, named) -> None
 
 
 def test_custom_tables_come_from_the_directory_are_limited_and_deleted(client) -> None:
-    directory = Path(os.environ["LABEL_LISTS_DIR"])
+    directory = Path(os.environ["CUSTOM_TABLES_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "animals.txt").write_text("cat\ndog\n\nbird\n")
     assert wait_for_table(client, "animals")["labels"] == 3
@@ -347,7 +347,7 @@ def test_custom_tables_come_from_the_directory_are_limited_and_deleted(client) -
     assert unknown.status_code == 400 and error(unknown).startswith("label_set: no custom")
     templated = {"image": image, "label_set": "animals", "template": "a photo of {}"}
     assert error(client.post("/classify", json=templated)).startswith("template: ")
-    for i in range(3 - len(client.get("/label-tables").json())):  # MAX_LABEL_LISTS=3
+    for i in range(3 - len(client.get("/label-tables").json())):  # MAX_CUSTOM_TABLES=3
         client.post("/label-tables", json={"name": f"filler-{i}", "labels": ["x"]})
     full = client.post("/label-tables", json={"name": "one-more", "labels": ["y"]})
     assert full.status_code == 400 and error(full).startswith("name: there are 3 custom")

@@ -56,7 +56,7 @@ class FakeEncoder:
         self.hold = asyncio.Event()  # set: interrogations finish at once
         self.hold.set()
 
-    async def label_tables(self) -> TablesStatus:
+    async def builtin_tables(self) -> TablesStatus:
         return self.status
 
     async def interrogate(self, **kwargs: Any) -> Interrogation:
@@ -191,14 +191,14 @@ def test_ready_tables_are_asked_for_once_and_a_restarted_encoder_still_says_503(
     encoder that lost them since (restarted, building) answers without a prompt: 503."""
     made, (_, encoder, _) = pipeline(READY)
     asked = 0
-    answer = encoder.label_tables
+    answer = encoder.builtin_tables
 
     async def counted() -> TablesStatus:
         nonlocal asked
         asked += 1
         return await answer()
 
-    encoder.label_tables = counted
+    encoder.builtin_tables = counted
     for _ in range(3):
         asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
     assert asked == 1

@@ -106,14 +106,14 @@ def test_interactive_goes_before_interrogation_before_background() -> None:
         s = scheduler(model)
         blocker = asyncio.create_task(s.run("other", ["x-0"]))
         await started(model)
-        jobs = [
+        callers = [
             asyncio.create_task(s.run("texts", ["bg-0"], Priority.BACKGROUND)),
             asyncio.create_task(s.run("texts", ["ir-0"], Priority.INTERROGATION)),
             asyncio.create_task(s.run("texts", ["ia-0"], Priority.INTERACTIVE)),
         ]
         await asyncio.sleep(0.05)
         model.release(4)
-        await asyncio.gather(blocker, *jobs)
+        await asyncio.gather(blocker, *callers)
         assert model.batches[1:] == [["ia-0"], ["ir-0"], ["bg-0"]]
 
     run(scenario())
@@ -173,7 +173,7 @@ def test_concurrent_bulk_jobs_take_turns() -> None:
         await asyncio.sleep(0.05)
         model.release(10)
         await asyncio.gather(blocker, a, b)
-        # Not merged (the method shares a prefix within a job), alternating slices.
+        # Not merged (the method shares a prefix within a work item), alternating slices.
         assert [batch[0][0] for batch in model.batches[1:]] == ["a", "b", "a", "b"]
         assert all(len({x[0] for x in batch}) == 1 for batch in model.batches)
 

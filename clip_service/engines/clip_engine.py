@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from clip_service.interrogation.custom_tables import CustomTables, ListLimits, Ranking
+from clip_service.interrogation.custom_tables import CustomTableLimits, CustomTables, Ranking
 from clip_service.interrogation.hub_tables import published_tables
 from clip_service.interrogation.interrogator import (
     DEFAULT_MAX_FLAVORS,
@@ -119,7 +119,9 @@ class ClipEngine:
     def info(self) -> ModelInfo:
         return self.model.info()
 
-    def start_custom_tables(self, directory: Path, cache_dir: Path, limits: ListLimits) -> None:
+    def start_custom_tables(
+        self, directory: Path, cache_dir: Path, limits: CustomTableLimits
+    ) -> None:
         """Take up the custom label tables in ``directory`` (embedded in the background)."""
 
         async def encode(texts: Sequence[str]) -> np.ndarray:

@@ -35,7 +35,7 @@ SUFFIX = ".txt"
 
 
 @dataclass(frozen=True)
-class ListLimits:
+class CustomTableLimits:
     max_tables: int
     max_labels: int
     max_label_chars: int
@@ -62,7 +62,7 @@ class Ranking(BaseModel):
     terms: list[RankedTerm] | None = None
 
 
-def check_list(name: str, labels: Sequence[str], limits: ListLimits) -> LabelTable:
+def check_table(name: str, labels: Sequence[str], limits: CustomTableLimits) -> LabelTable:
     """The table for a named list; :class:`InvalidInput` naming what is wrong."""
     if not NAME.fullmatch(name):
         raise InvalidInput("name", "1 to 64 of a-z, 0-9, _ and -, starting with a letter or digit")
@@ -81,7 +81,7 @@ def check_list(name: str, labels: Sequence[str], limits: ListLimits) -> LabelTab
 class CustomTables:
     """One model worker's custom tables: the directory's lists, each embedded in turn."""
 
-    def __init__(self, directory: Path, cache: LabelCache, limits: ListLimits) -> None:
+    def __init__(self, directory: Path, cache: LabelCache, limits: CustomTableLimits) -> None:
         self.directory, self.cache, self.limits = directory, cache, limits
         self.tables: dict[str, LabelTable] = {}
         self.embedded: dict[str, TableEmbeddings] = {}
@@ -183,7 +183,7 @@ class CustomTables:
             return last
         labels = [line.strip() for line in path.read_text("utf-8", "replace").splitlines()]
         try:
-            return signature, check_list(name, [label for label in labels if label], self.limits)
+            return signature, check_table(name, [label for label in labels if label], self.limits)
         except InvalidInput as exc:
             return signature, f"{path}: {exc}"
 

@@ -8,7 +8,15 @@ bound, so an interactive request waits at most one slice.
 """
 
 from clip_service.scheduling.admission import Admission
-from clip_service.scheduling.jobs import Job, Method, Priority
 from clip_service.scheduling.scheduler import Overloaded, Scheduler, SchedulerObserver
+from clip_service.scheduling.work import Method, Priority, WorkItem
 
-__all__ = ["Admission", "Job", "Method", "Overloaded", "Priority", "Scheduler", "SchedulerObserver"]
+__all__ = [
+    "Admission",
+    "Method",
+    "Overloaded",
+    "Priority",
+    "Scheduler",
+    "SchedulerObserver",
+    "WorkItem",
+]

@@ -6,7 +6,7 @@ label chunk in one piece while everyone else waits. Here:
 
 * an idle model starts a request at once; requests that arrive while it runs form the next
   batch, up to the method's batch limit;
-* the batch comes from the most urgent non-empty class (:class:`~.jobs.Priority`);
+* the batch comes from the most urgent non-empty class (:class:`~.work.Priority`);
 * interrogation and background work run in slices whose expected model time, measured per
   method, stays within ``slice_s`` while interactive requests are about (one came within
   ``INTERACTIVE_WINDOW_S``), so such a request waits at most one slice; with nobody about,
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from clip_service.scheduling.jobs import Batch, Job, JobQueues, Method, Priority
+from clip_service.scheduling.work import Batch, Method, Priority, WorkItem, WorkQueues
 
 # Interactive traffic this recent keeps bulk slices short; without it, they are this many
 # times longer (fewer, larger batches: a label-table build on a CPU runs ~1.5x faster).
@@ -52,13 +52,13 @@ class SchedulerObserver(Protocol):
     """Where the scheduler reports what it does (Prometheus metrics in the services)."""
 
     def waited(self, method: str, priority: Priority, seconds: float) -> None:
-        """A job's first items went to the model ``seconds`` after it was queued."""
+        """A work item's first items went to the model ``seconds`` after it was queued."""
 
     def ran(self, method: str, priority: Priority, size: int, seconds: float) -> None:
         """A batch of ``size`` items took ``seconds`` of model time."""
 
     def refused(self, priority: Priority) -> None:
-        """A job was refused as :class:`Overloaded`."""
+        """A work item was refused as :class:`Overloaded`."""
 
 
 class CostModel:
@@ -105,12 +105,12 @@ class Scheduler:
         self.slice_s, self.max_wait_s = slice_s, max_wait_s
         self.observer = observer
         self.costs = CostModel()
-        self._queues = JobQueues()
+        self._queues = WorkQueues()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
         self._wake: asyncio.Event | None = None
         self._serving: asyncio.Task[None] | None = None
         self._busy_until = 0.0  # expected end of the running batch (time.monotonic)
-        self._interactive_at = -math.inf  # when the last interactive job came
+        self._interactive_at = -math.inf  # when the last interactive work item came
 
     async def run(
         self, method: str, items: Sequence[Any], priority: Priority = Priority.INTERACTIVE
@@ -121,7 +121,7 @@ class Scheduler:
         """
         if not len(items):
             raise ValueError("no items to run")
-        job_method = self.methods[method]
+        item_method = self.methods[method]
         wake = self._ensure_serving()
         if priority is Priority.INTERACTIVE:
             self._interactive_at = time.monotonic()
@@ -130,17 +130,17 @@ class Scheduler:
                 if self.observer:
                     self.observer.refused(priority)
                 raise Overloaded(wait)
-        job = Job(job_method, items, priority, asyncio.get_running_loop().create_future())
-        self._queues.put(job)
+        work = WorkItem(item_method, items, priority, asyncio.get_running_loop().create_future())
+        self._queues.put(work)
         wake.set()
-        return await job.future
+        return await work.future
 
     def expected_wait(self) -> float:
-        """Seconds a new interactive job would wait: the running batch, then its class."""
+        """Seconds a new interactive work item would wait: the running batch, then its class."""
         now = time.monotonic()
         queued = sum(
-            self.costs.seconds(job.method.name, job.priority, job.remaining)
-            for job in self._queues.queued(Priority.INTERACTIVE)
+            self.costs.seconds(work.method.name, work.priority, work.remaining)
+            for work in self._queues.queued(Priority.INTERACTIVE)
         )
         return max(0.0, self._busy_until - now) + queued
 
@@ -197,9 +197,9 @@ class Scheduler:
         method, priority = batch.method, batch.priority
         started = time.monotonic()
         if self.observer:
-            for job, start, _ in batch.parts:
+            for work, start, _ in batch.parts:
                 if start == 0:
-                    self.observer.waited(method.name, priority, started - job.enqueued)
+                    self.observer.waited(method.name, priority, started - work.enqueued)
         self._busy_until = started + self.costs.seconds(method.name, priority, batch.size)
         try:
             outputs = await asyncio.get_running_loop().run_in_executor(

@@ -35,8 +35,8 @@ from clip_service.metrics import timed_interrogation
 from clip_service.models.captioning import CaptionerInfo
 from clip_service.scheduling import Admission, Overloaded, Priority
 from clip_service.server import deadlines
+from clip_service.server.custom_tables import RemoteCustomTables
 from clip_service.server.encoding import ItemEncoder
-from clip_service.server.label_lists import LabelLists
 from clip_service.server.remote import RemoteModel
 
 # Terms of each custom label table given beside a prompt.
@@ -72,7 +72,7 @@ class CaptionerClient(Protocol):
 class InterrogatingEncoder(Protocol):
     """The interrogation API of the ``ClipEncoder`` service (keyword arguments)."""
 
-    async def label_tables(self) -> TablesStatus: ...
+    async def builtin_tables(self) -> TablesStatus: ...
     async def interrogate(self, **kwargs: Any) -> Interrogation: ...
     async def analyze(self, **kwargs: Any) -> Analysis: ...
     async def interrogation_progress(self, key: str) -> ChainProgress | None: ...
@@ -84,12 +84,12 @@ class InterrogationPipeline:
         items: ItemEncoder,
         encoder: InterrogatingEncoder,
         captioner: CaptionerClient,
-        label_lists: LabelLists,
+        custom_tables: RemoteCustomTables,
         request_timeout_s: float,
         admission: Admission,
     ) -> None:
         self.items, self.encoder, self.captioner_client = items, encoder, captioner
-        self.label_lists = label_lists
+        self.custom_tables = custom_tables
         self.admission = admission
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
         # Label tables still being made are waited for only within half a request's budget.
@@ -119,7 +119,7 @@ class InterrogationPipeline:
         return (await self.items.encode_pixels([pixels.clip], Priority.INTERROGATION))[0]
 
     async def tables(self) -> TablesStatus:
-        return await self.encoder.label_tables()
+        return await self.encoder.builtin_tables()
 
     @timed_interrogation
     async def interrogate(
@@ -138,7 +138,7 @@ class InterrogationPipeline:
         :meth:`chain_step` tells how far it is meanwhile."""
         started = time.monotonic()
         await self._refuse_unless_tables_due()
-        await self.label_lists.check(label_tables, "label_tables")
+        await self.custom_tables.check(label_tables, "label_tables")
         cost = interrogation_cost(mode, max_flavors)
         with refused_as_unavailable():
             async with self.admission.admitted(mode.value, cost, deadlines.time_left_s()):
@@ -177,7 +177,7 @@ class InterrogationPipeline:
         """The top-k labels of each built-in table, and of the custom ``label_tables``."""
         started = time.monotonic()
         await self._refuse_unless_tables_due()
-        await self.label_lists.check(label_tables, "label_tables")
+        await self.custom_tables.check(label_tables, "label_tables")
         features = await self._features(image)
         answer, extra = await gather_or_cancel(
             self.encoder.analyze(
@@ -195,7 +195,7 @@ class InterrogationPipeline:
         """The image's top terms in each named custom table; None when none are asked."""
         if not names:
             return None
-        return await self.label_lists.rank(features, names, top_k, "label_tables")
+        return await self.custom_tables.rank(features, names, top_k, "label_tables")
 
     async def _refuse_unless_tables_due(self) -> None:
         """503 before any model work when the tables will not be ready in time."""

@@ -11,33 +11,33 @@ import numpy as np
 
 from clip_service.errors import InvalidInput, Unavailable
 from clip_service.interrogation.custom_tables import (
+    CustomTableLimits,
     CustomTableStatus,
-    ListLimits,
     RankedTerm,
     Ranking,
-    check_list,
+    check_table,
 )
 
 # Seconds a caller is told to wait for a table being embedded.
 RETRY_S = 10
 
 
-class ListsEncoder(Protocol):
+class CustomTablesEncoder(Protocol):
     """The custom-table API of the ``ClipEncoder`` service (keyword arguments)."""
 
-    async def label_lists(self) -> list[CustomTableStatus]: ...
-    async def put_label_list(self, **kwargs: Any) -> CustomTableStatus | None: ...
-    async def delete_label_list(self, **kwargs: Any) -> bool: ...
-    async def rank_label_lists(self, **kwargs: Any) -> dict[str, Ranking]: ...
+    async def custom_tables(self) -> list[CustomTableStatus]: ...
+    async def put_custom_table(self, **kwargs: Any) -> CustomTableStatus | None: ...
+    async def delete_custom_table(self, **kwargs: Any) -> bool: ...
+    async def rank_custom_tables(self, **kwargs: Any) -> dict[str, Ranking]: ...
 
 
-class LabelLists:
-    def __init__(self, encoder: ListsEncoder, limits: ListLimits) -> None:
+class RemoteCustomTables:
+    def __init__(self, encoder: CustomTablesEncoder, limits: CustomTableLimits) -> None:
         self.encoder, self.limits = encoder, limits
 
     async def put(self, name: str, labels: Sequence[str]) -> CustomTableStatus:
-        table = check_list(name, labels, self.limits)
-        status = await self.encoder.put_label_list(name=table.name, labels=list(table.labels))
+        table = check_table(name, labels, self.limits)
+        status = await self.encoder.put_custom_table(name=table.name, labels=list(table.labels))
         if status is None:
             raise InvalidInput(
                 "name", f"there are {self.limits.max_tables} custom tables, the limit"
@@ -45,10 +45,10 @@ class LabelLists:
         return status
 
     async def all(self) -> list[CustomTableStatus]:
-        return await self.encoder.label_lists()
+        return await self.encoder.custom_tables()
 
     async def delete(self, name: str) -> bool:
-        return await self.encoder.delete_label_list(name=name)
+        return await self.encoder.delete_custom_table(name=name)
 
     async def check(self, names: Sequence[str], field: str) -> None:
         """Refuse, before any model work, names that are not usable tables now: a 400
@@ -56,7 +56,7 @@ class LabelLists:
         being embedded."""
         if not names:
             return
-        statuses = {status.name: status for status in await self.encoder.label_lists()}
+        statuses = {status.name: status for status in await self.encoder.custom_tables()}
         for name in dict.fromkeys(names):
             _check_usable(name, statuses.get(name), field)
 
@@ -66,7 +66,7 @@ class LabelLists:
         """Each named table's top-k terms; errors as :meth:`check`'s."""
         if not names:
             return {}
-        rankings = await self.encoder.rank_label_lists(
+        rankings = await self.encoder.rank_custom_tables(
             image_features=image_features, names=list(dict.fromkeys(names)), top_k=top_k
         )
         out = {}

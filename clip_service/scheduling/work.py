@@ -1,4 +1,4 @@
-"""What the scheduler queues (jobs: a caller's items for one method) and how batches form."""
+"""What the scheduler queues (work items: a caller's items for one method) and how batches form."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def join(parts: Sequence[Any]) -> Any:
 
 
 @dataclass(eq=False)
-class Job:
+class WorkItem:
     """One caller's items for one method; done when every item's output has come back."""
 
     method: Method
@@ -80,45 +80,45 @@ class Job:
 
 @dataclass
 class Batch:
-    """Slices ``[start, stop)`` of one or more jobs, run as one call of ``method``."""
+    """Slices ``[start, stop)`` of one or more work items, run as one call of ``method``."""
 
     method: Method
     priority: Priority
-    parts: list[tuple[Job, int, int]]
+    parts: list[tuple[WorkItem, int, int]]
 
     @property
     def size(self) -> int:
         return sum(stop - start for _, start, stop in self.parts)
 
     def inputs(self) -> Any:
-        return join([job.items[start:stop] for job, start, stop in self.parts])
+        return join([work.items[start:stop] for work, start, stop in self.parts])
 
     def deliver(self, outputs: Any) -> None:
         if len(outputs) != self.size:
             raise ValueError(f"{self.method.name} gave {len(outputs)} rows for {self.size} items")
         offset = 0
-        for job, start, stop in self.parts:
-            job.deliver(start, outputs[offset : offset + stop - start])
+        for work, start, stop in self.parts:
+            work.deliver(start, outputs[offset : offset + stop - start])
             offset += stop - start
 
     def fail(self, exc: BaseException) -> None:
-        for job, _, _ in self.parts:
-            job.fail(exc)
+        for work, _, _ in self.parts:
+            work.fail(exc)
 
 
-class JobQueues:
-    """One FIFO queue of jobs per priority, and the rule that turns them into batches."""
+class WorkQueues:
+    """One FIFO queue of work items per priority, and the rule that turns them into batches."""
 
     def __init__(self) -> None:
-        self._queues: dict[Priority, list[Job]] = {priority: [] for priority in Priority}
+        self._queues: dict[Priority, list[WorkItem]] = {priority: [] for priority in Priority}
 
-    def put(self, job: Job) -> None:
-        self._queues[job.priority].append(job)
+    def put(self, work: WorkItem) -> None:
+        self._queues[work.priority].append(work)
 
-    def queued(self, priority: Priority) -> list[Job]:
-        """Live jobs of ``priority`` with items left, oldest first (abandoned ones dropped)."""
+    def queued(self, priority: Priority) -> list[WorkItem]:
+        """Live work items of ``priority`` with items left, oldest first (abandoned dropped)."""
         queue = self._queues[priority]
-        queue[:] = [job for job in queue if not job.abandoned and job.remaining]
+        queue[:] = [work for work in queue if not work.abandoned and work.remaining]
         return queue
 
     def next_priority(self) -> Priority | None:
@@ -126,11 +126,11 @@ class JobQueues:
         return next((priority for priority in Priority if self.queued(priority)), None)
 
     def take(self, limit: Callable[[Method, Priority], int]) -> Batch | None:
-        """The next batch: the most urgent class's oldest job's method, up to ``limit`` items.
+        """The next batch: the most urgent class's oldest work item's method, up to ``limit`` items.
 
         Jobs of the same method and class join it in arrival order when the method merges.
-        A job left with items after a bulk slice goes to the back of its queue, so
-        concurrent bulk jobs (interrogations) take turns.
+        A work item left with items after a bulk slice goes to the back of its queue, so
+        concurrent bulk work items (interrogations) take turns.
         """
         for priority in Priority:
             queue = self.queued(priority)
@@ -138,18 +138,18 @@ class JobQueues:
                 continue
             method = queue[0].method
             budget = max(1, limit(method, priority))
-            parts: list[tuple[Job, int, int]] = []
-            for job in list(queue):
+            parts: list[tuple[WorkItem, int, int]] = []
+            for work in list(queue):
                 if parts and not method.merge:
                     break
-                if job.method is not method:
+                if work.method is not method:
                     continue
-                n = min(job.remaining, budget)
-                parts.append((job, job.dispatched, job.dispatched + n))
-                job.dispatched += n
+                n = min(work.remaining, budget)
+                parts.append((work, work.dispatched, work.dispatched + n))
+                work.dispatched += n
                 budget -= n
-                if job.started is None:
-                    job.started = time.monotonic()
+                if work.started is None:
+                    work.started = time.monotonic()
                 if budget == 0:
                     break
             head = queue[0]
