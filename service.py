@@ -28,6 +28,7 @@ from clip_service import process
 from clip_service.errors import InvalidInput, NotFound, NotServed, error_body, validation_message
 from clip_service.interrogation.custom_tables import CustomTableLimits, CustomTableStatus
 from clip_service.interrogation.interrogator import Mode
+from clip_service.interrogation.requests import PromptRequest
 from clip_service.models.ranking import rank
 from clip_service.process.disconnect import CancelOnDisconnect
 from clip_service.process.drain import Drain
@@ -257,10 +258,14 @@ class ClipApi:
         used instead of generating one. Custom ``label_tables`` are ranked beside it (their
         top 5 terms each, the prompt unchanged), as the library's ``LabelTable`` is.
         """
-        work = await self._interrogation(
-            image, mode, caption, min_flavors, max_flavors, label_tables
+        request = PromptRequest(
+            mode=mode,
+            caption=caption,
+            min_flavors=min_flavors,
+            max_flavors=max_flavors,
+            label_tables=tuple(label_tables or ()),
         )
-        return await work(None)
+        return await (await self._interrogation(image, request))(None)
 
     @bentoml.api(route="/jobs/interrogate")
     @takes("image")
@@ -276,36 +281,31 @@ class ClipApi:
     ) -> JobStatus:
         """``/interrogate`` as a job: answered 202 at once with the job's id (input errors
         are still a 400 here); poll ``GET /jobs/{id}``, fetch ``GET /jobs/{id}/result``."""
-        work = await self._interrogation(
-            image, mode, caption, min_flavors, max_flavors, label_tables
+        request = PromptRequest(
+            mode=mode,
+            caption=caption,
+            min_flavors=min_flavors,
+            max_flavors=max_flavors,
+            label_tables=tuple(label_tables or ()),
         )
-        return _accepted(self.jobs.submit("interrogate", work))
+        return _accepted(self.jobs.submit("interrogate", await self._interrogation(image, request)))
 
     async def _interrogation(
-        self,
-        image: ImageItem,
-        mode: Mode,
-        caption: str | None,
-        min_flavors: int,
-        max_flavors: int | None,
-        label_tables: list[str] | None = None,
+        self, image: ImageItem, request: PromptRequest
     ) -> Callable[[str | None], Awaitable[InterrogateResult]]:
         """The interrogation of an image, to run now or as a job (reporting its chain step
         under the job's key); the image is decoded now (bad input is a 400 at once), and
         only its models' input pixels are kept."""
         interrogation = self._interrogating()
         data, field = await self.items.image_bytes(image, "image")
-        needs_caption = mode is not Mode.NEGATIVE and not caption
-        pixels = await interrogation.pixels(data, field, caption=needs_caption)
+        pixels = await interrogation.pixels(data, field, caption=request.needs_caption)
 
         async def work(progress_key: str | None) -> InterrogateResult:
-            answer = await interrogation.interrogate(
-                pixels, mode, caption, min_flavors, max_flavors, progress_key, label_tables or ()
-            )
+            answer = await interrogation.interrogate(pixels, request, progress_key)
             return InterrogateResult(
                 prompt=answer.prompt,
                 caption=answer.caption,
-                mode=mode,
+                mode=request.mode,
                 label_tables=_label_scores(answer.label_tables),
             )
 
@@ -353,7 +353,7 @@ class ClipApi:
         pixels = await interrogation.pixels(image, "body")
 
         async def work(progress_key: str | None) -> TextResult:
-            answer = await interrogation.interrogate(pixels, Mode.BEST, None, 8, None, progress_key)
+            answer = await interrogation.interrogate(pixels, PromptRequest(), progress_key)
             return TextResult(text=answer.prompt)
 
         return work

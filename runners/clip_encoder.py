@@ -25,7 +25,7 @@ from clip_service.interrogation.custom_tables import (
     Ranking,
     check_table,
 )
-from clip_service.interrogation.interrogator import Mode
+from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import SchedulerMetrics
 from clip_service.models.clip import ModelInfo
@@ -99,28 +99,18 @@ class ClipEncoder:
     async def interrogate(
         self,
         image_features: np.ndarray,
-        mode: Mode,
-        caption: str | None = None,
-        min_flavors: int = 8,
-        max_flavors: int | None = None,
+        request: PromptRequest,
         wait_s: float = 0.0,
         progress_key: str | None = None,
         time_left_s: float | None = None,
     ) -> Interrogation:
-        """clip-interrogator 0.6.0's prompt for raw image features and a caption; none if
-        the label tables will not be ready within ``wait_s``. ``interrogation_progress``
-        tells how far it is by its ``progress_key``. 429 at once when it could not finish
-        within ``time_left_s`` behind the interrogations already here."""
+        """clip-interrogator 0.6.0's prompt for raw image features; none if the label
+        tables will not be ready within ``wait_s``. ``interrogation_progress`` tells how far
+        it is by its ``progress_key``. 429 at once when it could not finish within
+        ``time_left_s`` behind the interrogations already here."""
         with answer_overload_with_429():
             return await self.engine.interrogate(
-                image_features,
-                mode,
-                caption,
-                min_flavors,
-                max_flavors,
-                wait_s,
-                progress_key,
-                time_left_s,
+                image_features, request, wait_s, progress_key, time_left_s
             )
 
     @bentoml.api

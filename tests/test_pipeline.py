@@ -14,6 +14,7 @@ import pytest
 from clip_service.engines.clip_engine import Analysis, Interrogation
 from clip_service.errors import InvalidInput, Unavailable
 from clip_service.interrogation import Mode
+from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.scheduling import Admission, Priority
 from clip_service.server.interrogation import ImagePixels, InterrogationPipeline
@@ -59,11 +60,11 @@ class FakeEncoder:
     async def builtin_tables(self) -> TablesStatus:
         return self.status
 
-    async def interrogate(self, **kwargs: Any) -> Interrogation:
-        self.calls.append(kwargs)
+    async def interrogate(self, *, request: PromptRequest, wait_s: float, **kwargs: Any) -> Any:
+        self.calls.append({"request": request, "wait_s": wait_s, **kwargs})
         await self.hold.wait()
-        ready = self.status.state == "ready" or kwargs["wait_s"] >= (self.status.eta_s or 1e9)
-        prompt = f"{kwargs['caption']}, prompt" if ready else None
+        ready = self.status.state == "ready" or wait_s >= (self.status.eta_s or 1e9)
+        prompt = f"{request.caption}, prompt" if ready else None
         return Interrogation(prompt=prompt, tables=self.status)
 
     async def analyze(self, **kwargs: Any) -> Analysis:
@@ -103,24 +104,24 @@ IMAGE = ImagePixels(clip=np.zeros((3, 4, 4), np.float32), caption=np.zeros((3, 4
 
 def test_ready_tables_give_the_encoders_prompt_at_interrogation_priority() -> None:
     made, (items, encoder, captioner) = pipeline(READY)
-    prompt, caption, _ = asyncio.run(made.interrogate(IMAGE, Mode.BEST, None, 8, None))
+    prompt, caption, _ = asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.BEST)))
     assert (prompt, caption) == ("a cat, prompt", "a cat")
     assert items.priorities == captioner.priorities == [Priority.INTERROGATION]
     (call,) = encoder.calls
-    assert call["mode"] is Mode.BEST and call["caption"] == "a cat"
+    assert call["request"] == PromptRequest(mode=Mode.BEST, caption="a cat")
     np.testing.assert_array_equal(call["image_features"], np.ones(4))
 
 
 def test_negative_mode_needs_no_caption_and_reports_none() -> None:
     made, (_, _, captioner) = pipeline(READY)
-    _, caption, _ = asyncio.run(made.interrogate(IMAGE, Mode.NEGATIVE, None, 8, None))
+    _, caption, _ = asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.NEGATIVE)))
     assert caption == "" and captioner.priorities == []
 
 
 def test_tables_far_from_ready_are_a_503_with_progress_before_any_model_work() -> None:
     made, (items, encoder, captioner) = pipeline(BUILDING)
     with pytest.raises(Unavailable) as refused:
-        asyncio.run(made.interrogate(IMAGE, Mode.FAST, None, 8, None))
+        asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST)))
     message = str(refused.value)
     assert "2 of 10 labels embedded (20%), about 15 min left" in message
     assert "warm-cache" in message
@@ -132,12 +133,14 @@ def test_tables_far_from_ready_are_a_503_with_progress_before_any_model_work() -
 
 def test_tables_due_within_half_the_request_budget_are_waited_for() -> None:
     made, (_, encoder, _) = pipeline(SOON, timeout_s=60)
-    prompt, _, _ = asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+    prompt, _, _ = asyncio.run(
+        made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given"))
+    )
     assert prompt == "given, prompt"
     assert 29 < encoder.calls[0]["wait_s"] <= 30
     short, _ = pipeline(SOON, timeout_s=4)  # 2 s of waiting allowed: not enough for 3 s
     with pytest.raises(Unavailable) as refused:
-        asyncio.run(short.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+        asyncio.run(short.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))
     assert refused.value.headers == {"Retry-After": "5"}  # at least MIN_RETRY_S
 
 
@@ -145,7 +148,7 @@ def test_tables_being_loaded_are_waited_for() -> None:
     """After a restart the tables load from the cache in seconds: no 503 for that."""
     made, (_, encoder, _) = pipeline(LOADING, timeout_s=60)
     with pytest.raises(Unavailable):  # the fake never becomes ready: the encoder says no
-        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+        asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))
     assert len(encoder.calls) == 1 and encoder.calls[0]["wait_s"] > 29  # it was asked to wait
 
 
@@ -153,13 +156,13 @@ def test_a_failed_build_says_so() -> None:
     failed = TablesStatus(state="failed", labels_done=0, labels_total=10, error="disk full")
     made, _ = pipeline(failed)
     with pytest.raises(Unavailable, match="build failed \\(disk full\\) and is being retried"):
-        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "c", 8, None))
+        asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="c")))
 
 
 def test_an_unknown_custom_table_is_refused_before_any_model_work() -> None:
     made, (items, encoder, captioner) = pipeline(READY)
     with pytest.raises(InvalidInput, match="label_tables: no custom label table 'nope'"):
-        asyncio.run(made.interrogate(IMAGE, Mode.BEST, None, 8, None, label_tables=["nope"]))
+        asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.BEST, label_tables=("nope",))))
     with pytest.raises(InvalidInput, match="label_tables"):
         asyncio.run(made.analyze(IMAGE, 3, ["mine", "nope"]))
     assert items.priorities == captioner.priorities == encoder.calls == []
@@ -172,16 +175,18 @@ def test_past_the_admission_bound_a_request_is_refused_at_arrival() -> None:
     async def main() -> None:
         made, (items, encoder, captioner) = pipeline(READY, admission=Admission(1, 0))
         encoder.hold.clear()
-        first = asyncio.create_task(made.interrogate(IMAGE, Mode.BEST, None, 8, None))
+        first = asyncio.create_task(made.interrogate(IMAGE, PromptRequest(mode=Mode.BEST)))
         while not encoder.calls:
             await asyncio.sleep(0)
         with pytest.raises(Unavailable, match="busy: interrogations") as refused:
-            await made.interrogate(IMAGE, Mode.BEST, None, 8, None)
+            await made.interrogate(IMAGE, PromptRequest(mode=Mode.BEST))
         assert refused.value.headers["Retry-After"]
         assert len(captioner.priorities) == len(items.priorities) == 1  # the first's only
         encoder.hold.set()
         assert (await first).prompt == "a cat, prompt"
-        await made.interrogate(IMAGE, Mode.FAST, "given", 8, None)  # a slot again
+        await made.interrogate(
+            IMAGE, PromptRequest(mode=Mode.FAST, caption="given")
+        )  # a slot again
 
     asyncio.run(main())
 
@@ -200,8 +205,8 @@ def test_ready_tables_are_asked_for_once_and_a_restarted_encoder_still_says_503(
 
     encoder.builtin_tables = counted
     for _ in range(3):
-        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+        asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))
     assert asked == 1
     encoder.status = BUILDING
     with pytest.raises(Unavailable, match="labels embedded"):
-        asyncio.run(made.interrogate(IMAGE, Mode.FAST, "given", 8, None))
+        asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))

@@ -19,13 +19,12 @@ from pydantic import BaseModel
 from clip_service.interrogation.custom_tables import CustomTableLimits, CustomTables, Ranking
 from clip_service.interrogation.hub_tables import published_tables
 from clip_service.interrogation.interrogator import (
-    DEFAULT_MAX_FLAVORS,
     Interrogator,
-    Mode,
     StepReport,
 )
 from clip_service.interrogation.label_cache import LabelCache, LabelTables
 from clip_service.interrogation.labels import read_label_tables
+from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TableBuild, TablesStatus
 from clip_service.models.clip import ClipModel, ModelInfo
 from clip_service.scheduling import Admission, Method, Priority, Scheduler, SchedulerObserver
@@ -67,14 +66,6 @@ class EngineLimits:
     max_wait_s: float
     max_interrogations: int = 2
     max_queued_interrogations: int = 16
-
-
-def interrogation_cost(mode: Mode, max_flavors: int | None) -> float:
-    """Relative model time of an interrogation: best and negative modes run one chain step
-    (about 2,000 prompts through the text tower) per flavor; the others a few rankings."""
-    if mode in (Mode.BEST, Mode.NEGATIVE):
-        return 1.0 + (max_flavors if max_flavors is not None else DEFAULT_MAX_FLAVORS[mode])
-    return 1.0
 
 
 class ClipEngine:
@@ -168,10 +159,7 @@ class ClipEngine:
     async def interrogate(
         self,
         image_features: np.ndarray,
-        mode: Mode,
-        caption: str | None,
-        min_flavors: int,
-        max_flavors: int | None,
+        request: PromptRequest,
         wait_s: float,
         progress_key: str | None = None,
         time_left_s: float | None = None,
@@ -187,15 +175,14 @@ class ClipEngine:
         interrogator = await self._ready(tables, wait_s)
         prompt = None
         if interrogator is not None:
-            cost = interrogation_cost(mode, max_flavors)
-            async with self.admission.admitted(mode.value, cost, time_left_s):
+            async with self.admission.admitted(request.mode.value, request.cost, time_left_s):
                 try:
                     prompt = await interrogator.interrogate(
                         image_features,
-                        mode,
-                        caption=caption,
-                        min_flavors=min_flavors,
-                        max_flavors=max_flavors,
+                        request.mode,
+                        caption=request.caption,
+                        min_flavors=request.min_flavors,
+                        max_flavors=request.max_flavors,
                         on_step=self._reporter(progress_key),
                     )
                 finally:

@@ -21,15 +21,11 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from clip_service.concurrency import gather_or_cancel
-from clip_service.engines.clip_engine import (
-    Analysis,
-    ChainProgress,
-    Interrogation,
-    interrogation_cost,
-)
+from clip_service.engines.clip_engine import Analysis, ChainProgress, Interrogation
 from clip_service.errors import Unavailable
 from clip_service.interrogation.custom_tables import RankedTerm
 from clip_service.interrogation.interrogator import Mode
+from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import timed_interrogation
 from clip_service.models.captioning import CaptionerInfo
@@ -70,10 +66,19 @@ class CaptionerClient(Protocol):
 
 
 class InterrogatingEncoder(Protocol):
-    """The interrogation API of the ``ClipEncoder`` service (keyword arguments)."""
+    """The interrogation API of the ``ClipEncoder`` service (called with keywords, as
+    BentoML's clients take them)."""
 
     async def builtin_tables(self) -> TablesStatus: ...
-    async def interrogate(self, **kwargs: Any) -> Interrogation: ...
+    async def interrogate(
+        self,
+        *,
+        image_features: np.ndarray,
+        request: PromptRequest,
+        wait_s: float,
+        progress_key: str | None,
+        time_left_s: float | None,
+    ) -> Interrogation: ...
     async def analyze(self, **kwargs: Any) -> Analysis: ...
     async def interrogation_progress(self, key: str) -> ChainProgress | None: ...
 
@@ -123,47 +128,38 @@ class InterrogationPipeline:
 
     @timed_interrogation
     async def interrogate(
-        self,
-        image: ImagePixels,
-        mode: Mode,
-        caption: str | None,
-        min_flavors: int,
-        max_flavors: int | None,
-        progress_key: str | None = None,
-        label_tables: Sequence[str] = (),
+        self, image: ImagePixels, request: PromptRequest, progress_key: str | None = None
     ) -> Interrogated:
         """The prompt, the caption used ("" in negative mode, which uses none) and the top
-        terms of the custom ``label_tables`` asked for. The caption is generated while CLIP
-        encodes the image, unless given or not needed; with a ``progress_key``,
+        terms of the custom label tables the request names. The caption is generated while
+        CLIP encodes the image, unless given or not needed; with a ``progress_key``,
         :meth:`chain_step` tells how far it is meanwhile."""
         started = time.monotonic()
         await self._refuse_unless_tables_due()
-        await self.custom_tables.check(label_tables, "label_tables")
-        cost = interrogation_cost(mode, max_flavors)
+        await self.custom_tables.check(request.label_tables, "label_tables")
         with refused_as_unavailable():
-            async with self.admission.admitted(mode.value, cost, deadlines.time_left_s()):
+            async with self.admission.admitted(
+                request.mode.value, request.cost, deadlines.time_left_s()
+            ):
                 steps: list[Awaitable[Any]] = [self._features(image)]
-                if mode is not Mode.NEGATIVE and not caption:
+                if request.needs_caption:
                     steps.append(self.caption(image, Priority.INTERROGATION))
                 features, *generated = await gather_or_cancel(*steps)
                 if generated:
-                    caption = generated[0]
+                    request = request.with_caption(generated[0])
                 answer, extra = await gather_or_cancel(
                     self.encoder.interrogate(
                         image_features=features,
-                        mode=mode,
-                        caption=caption,
-                        min_flavors=min_flavors,
-                        max_flavors=max_flavors,
+                        request=request,
                         wait_s=self._wait_left(started),
                         progress_key=progress_key,
                         time_left_s=deadlines.time_left_s(),
                     ),
-                    self._custom(features, label_tables, EXTRA_TABLE_TOP_K),
+                    self._custom(features, request.label_tables, EXTRA_TABLE_TOP_K),
                 )
         if answer.prompt is None:
             raise tables_unavailable(answer.tables)
-        used = "" if mode is Mode.NEGATIVE else caption or ""
+        used = "" if request.mode is Mode.NEGATIVE else request.caption or ""
         return Interrogated(answer.prompt, used, extra)
 
     async def chain_step(self, key: str) -> tuple[int, int] | None:
