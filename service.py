@@ -258,13 +258,7 @@ class ClipApi:
         used instead of generating one. Custom ``label_tables`` are ranked beside it (their
         top 5 terms each, the prompt unchanged), as the library's ``LabelTable`` is.
         """
-        request = PromptRequest(
-            mode=mode,
-            caption=caption,
-            min_flavors=min_flavors,
-            max_flavors=max_flavors,
-            label_tables=tuple(label_tables or ()),
-        )
+        request = _prompt_request(mode, caption, min_flavors, max_flavors, label_tables)
         return await (await self._interrogation(image, request))(None)
 
     @bentoml.api(route="/jobs/interrogate")
@@ -281,13 +275,7 @@ class ClipApi:
     ) -> JobStatus:
         """``/interrogate`` as a job: answered 202 at once with the job's id (input errors
         are still a 400 here); poll ``GET /jobs/{id}``, fetch ``GET /jobs/{id}/result``."""
-        request = PromptRequest(
-            mode=mode,
-            caption=caption,
-            min_flavors=min_flavors,
-            max_flavors=max_flavors,
-            label_tables=tuple(label_tables or ()),
-        )
+        request = _prompt_request(mode, caption, min_flavors, max_flavors, label_tables)
         return _accepted(self.jobs.submit("interrogate", await self._interrogation(image, request)))
 
     async def _interrogation(
@@ -455,6 +443,23 @@ async def form_embeddings(request: Request) -> JSONResponse:
     rid = request_id(request.headers)
     body = await embed_form(request, service.items, settings.max_items, settings.max_text_chars)
     return JSONResponse({"request_id": rid, **body}, headers=echo_headers(rid))
+
+
+def _prompt_request(
+    mode: Mode,
+    caption: str | None,
+    min_flavors: int,
+    max_flavors: int | None,
+    label_tables: list[str] | None,
+) -> PromptRequest:
+    """The interrogation a body of ``/interrogate`` or ``/jobs/interrogate`` asks for."""
+    return PromptRequest(
+        mode=mode,
+        caption=caption,
+        min_flavors=min_flavors,
+        max_flavors=max_flavors,
+        label_tables=tuple(label_tables or ()),
+    )
 
 
 def _label_scores(ranked: CustomRankings | None) -> dict[str, list[LabelScore]] | None:
