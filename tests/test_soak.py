@@ -20,8 +20,11 @@ MAX_GROWTH_MIB = 300
 
 
 KINDS = {"encode_texts", "encode_images", "rank", "classify", "interrogate"}
+INTERACTIVE = KINDS - {"interrogate"}
 # Every request of the mix is valid: back-pressure (503/429 with Retry-After) is allowed,
-# but most must be answered. Measured: all of them.
+# but most interactive requests must be answered (measured: all of them). Interrogations
+# past MAX_INTERROGATIONS + MAX_QUEUED_INTERROGATIONS are refused at arrival by design,
+# and 64 closed-loop clients keep more than that many waiting: some must be answered.
 MIN_ANSWERED = 0.95
 
 
@@ -30,8 +33,10 @@ def assert_served(report: dict) -> None:
     assert report["lost"] == report["hung"] == 0
     assert report["sent"] == report["accounted"] > 64
     assert set(report["outcomes"]) <= {"200", "429", "503"}, report["examples"]
-    assert report["outcomes"].get("200", 0) >= MIN_ANSWERED * report["accounted"], report
     assert set(report["by_kind"]) == KINDS
+    interactive = [report["by_kind"][kind]["outcomes"] for kind in INTERACTIVE]
+    answered = sum(outcomes.get("200", 0) for outcomes in interactive)
+    assert answered >= MIN_ANSWERED * sum(sum(o.values()) for o in interactive), report
     for kind, seen in report["by_kind"].items():
         assert seen["outcomes"].get("200"), (kind, seen)
 

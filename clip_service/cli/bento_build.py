@@ -37,6 +37,10 @@ def build_bento(
     with tempfile.TemporaryDirectory(prefix="clip-service-build-") as tmp:
         stage = Path(tmp)
         copy_included(project, config.get("include", []), config.get("exclude", []), stage)
+        # The locked requirements the bentofile installs from are read from the context too.
+        if requirements := config.get("python", {}).get("requirements_txt"):
+            (stage / requirements).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project / requirements, stage / requirements)
         if label_cache is not None:
             label_cache(stage / BENTO_LABEL_CACHE)
             config["include"] = [*config.get("include", []), f"{BENTO_LABEL_CACHE}/*"]
