@@ -31,6 +31,7 @@ import pytest
 from tests.conftest import (
     REPO,
     _wait_ready,
+    b64,
     free_port,
     image_bytes,
     make_image,
@@ -273,3 +274,24 @@ def test_a_model_service_served_alone_has_the_guards(split):
     while "label tables ready" not in split.encoder_log.read_text(errors="replace"):
         assert time.monotonic() < deadline, "the encoder logged no clip_service lines"
         time.sleep(1)
+
+
+def test_interrogation_crosses_the_split_services(split):
+    """The interrogation request object (PromptRequest) travels as JSON between hosts."""
+    deadline = time.monotonic() + 300
+    while (
+        httpx.get(f"{split.entry}/model", timeout=30).json()["interrogation"]["label_tables"][
+            "state"
+        ]
+        != "ready"
+    ):
+        assert time.monotonic() < deadline, "label tables not ready"
+        time.sleep(1)
+    image = {"img_blob": b64(image_bytes(make_image(401, (64, 64))))}
+    for body in ({"mode": "fast"}, {"mode": "classic", "caption": "a given caption"}):
+        answer = httpx.post(
+            f"{split.entry}/interrogate", json={"image": image, **body}, timeout=120
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["prompt"] and answer.json()["mode"] == body["mode"]
+    assert answer.json()["prompt"].startswith("a given caption")
