@@ -83,12 +83,13 @@ class SchedulerMetrics:
 
 
 def timed_interrogation(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Decorate ``interrogate(self, image, mode, ...)``: its duration by mode."""
+    """Decorate ``interrogate(self, image, request, ...)``: its duration by the request's
+    mode (a :class:`~clip_service.interrogation.requests.PromptRequest`)."""
 
     @functools.wraps(func)
-    async def timed(self: object, image: object, mode: Any, *args: Any, **kwargs: Any) -> Any:
-        with INTERROGATION_DURATION.labels(mode=str(getattr(mode, "value", mode))).time():
-            return await func(self, image, mode, *args, **kwargs)
+    async def timed(self: object, image: object, request: Any, *args: Any, **kwargs: Any) -> Any:
+        with INTERROGATION_DURATION.labels(mode=request.mode.value).time():
+            return await func(self, image, request, *args, **kwargs)
 
     return timed
 

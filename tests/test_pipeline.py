@@ -210,3 +210,17 @@ def test_ready_tables_are_asked_for_once_and_a_restarted_encoder_still_says_503(
     encoder.status = BUILDING
     with pytest.raises(Unavailable, match="labels embedded"):
         asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))
+
+
+def test_each_interrogation_is_timed_under_its_mode() -> None:
+    from prometheus_client import REGISTRY
+
+    def count(mode: str) -> float:
+        name = "clip_service_interrogation_duration_seconds_count"
+        return REGISTRY.get_sample_value(name, {"mode": mode}) or 0.0
+
+    made, _ = pipeline(READY)
+    before = count("fast"), count("classic")
+    asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))
+    asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.CLASSIC, caption="given")))
+    assert (count("fast") - before[0], count("classic") - before[1]) == (1, 1)

@@ -35,7 +35,7 @@ MAX_QUEUED = 2
 FLAVORS = 200
 LONG = {"mode": "best", "min_flavors": FLAVORS, "max_flavors": FLAVORS}
 IMAGE = {"img_blob": b64(image_bytes(make_image(7, (96, 96))))}
-SETTLE_S = 1.5  # a batch already running when the cancel arrives may still finish
+SETTLE_S = 1.0  # a batch already running when the cancel arrives may still finish
 
 
 @pytest.fixture(scope="module")
