@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import nullcontext
 
 import numpy as np
@@ -40,6 +41,37 @@ def test_count_tokens_includes_markers_and_does_not_truncate(model):
     assert short == 4
     assert long == 102
     assert model.context_length == 77
+
+
+def test_tokenizing_and_counting_at_once_never_mix(model):
+    """The encoder counts tokens (``/v1/embeddings`` usage) in one thread while a batch is
+    tokenized in another: Hugging Face's fast tokenizer keeps its padding as shared state,
+    and without the model's tokenizer lock about one batch in a few hundred came out ragged
+    (ValueError, a 500). Both threads hammer it; no call may fail or change its answer."""
+    texts = ["a", "an oil painting of a harbour at dusk " * 3, "b c d"]
+    counts = model.count_tokens(texts)
+    failures: list[BaseException] = []
+
+    def tokenizing() -> None:
+        for _ in range(400):
+            try:
+                model.tokenize(texts)
+            except Exception as exc:
+                failures.append(exc)
+
+    def counting() -> None:
+        for _ in range(400):
+            try:
+                assert model.count_tokens(texts) == counts
+            except Exception as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=f) for f in (tokenizing, counting) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
 
 
 def test_empty_text_list(model):

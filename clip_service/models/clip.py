@@ -87,15 +87,16 @@ class ClipModel(ABC):
 
     @abstractmethod
     def _tokenize(self, texts: list[str], trim: bool) -> Any:
-        """Model inputs for ``texts``, truncated to the context (runs outside the lock)."""
+        """Model inputs for ``texts``, truncated to the context (under the tokenizer lock,
+        outside the forward lock)."""
 
     @abstractmethod
     def _text_features(self, tokens: Any, trim: bool) -> torch.Tensor:
         """``trim``: run only up to the longest text, else through the whole context."""
 
     @abstractmethod
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Token counts before truncation, start and end markers included."""
+    def _count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts before truncation (runs under the tokenizer lock)."""
 
     def _prefix_inputs(self, tokens: Any) -> tuple[PrefixTower, torch.Tensor, torch.Tensor] | None:
         """The text tower taken apart, token ids and end-of-text positions for ``tokens``;
@@ -106,6 +107,19 @@ class ClipModel(ABC):
     # concurrent passes would only split the same cores while making numerics depend on
     # timing (kernels pick their blocking from the threads they get).
     _forward_lock = threading.Lock()
+    # Hugging Face's fast tokenizers keep padding and truncation as state of one shared Rust
+    # object: a count (no padding) beside a batch (padded) made the batch ragged (a 500).
+    _tokenizer_lock = threading.Lock()
+
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """Model inputs for ``texts`` (one tokenizer call at a time)."""
+        with self._tokenizer_lock:
+            return self._tokenize(list(texts), self.trim_text)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Token counts before truncation, start and end markers included."""
+        with self._tokenizer_lock:
+            return self._count_tokens(texts)
 
     @functools.cached_property
     def _prefixes(self) -> PrefixCache:
@@ -127,7 +141,7 @@ class ClipModel(ABC):
         """Texts -> (n, d) float32 embeddings; texts over the context are truncated."""
         if not texts:
             return np.zeros((0, self.embedding_size), dtype=np.float32)
-        tokens = self._tokenize(list(texts), self.trim_text)
+        tokens = self.tokenize(texts)
         with self._forward_lock:
             features = self._text_features(tokens, self.trim_text)
         return features.float().cpu().numpy()
@@ -148,7 +162,7 @@ class ClipModel(ABC):
     def prefixed(self, texts: Sequence[str]) -> PrefixedRows | None:
         """``texts`` tokenized for :meth:`encode_prefixed`, their shared prefix found; None
         where the tower cannot share prefixes (then :meth:`encode_texts` is the way)."""
-        split = self._prefix_inputs(self._tokenize(list(texts), self.trim_text))
+        split = self._prefix_inputs(self.tokenize(texts))
         return None if split is None else PrefixedRows.of(*split[1:])
 
     @torch.inference_mode()

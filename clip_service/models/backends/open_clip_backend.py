@@ -64,7 +64,7 @@ class OpenClipModel(ClipModel):
         tokens = tokens.to(self.device)
         return self.prefix_tower, tokens, tokens.argmax(dim=-1)
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def _count_tokens(self, texts: Sequence[str]) -> list[int]:
         if isinstance(self.tokenizer, SimpleTokenizer):
             return [len(self.tokenizer.encode(text)) + 2 for text in texts]
         # open_clip's HFTokenizer wraps a transformers tokenizer that adds its own markers.

@@ -64,7 +64,7 @@ class TransformersClipModel(ClipModel):
         eot = ids.argmax(dim=-1) if eos == 2 else (ids == eos).int().argmax(dim=-1)
         return self.prefix_tower, ids, eot
 
-    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+    def _count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
 
 
