@@ -152,11 +152,24 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float, log: str)
     raise RuntimeError(f"server not ready after {timeout_s}s:\n{Path(log).read_text()}")
 
 
+def wait_for_label_tables(url: str, timeout_s: float = 300) -> dict:
+    """The server's built-in label tables status once ready (they build after /readyz)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        tables = httpx.get(f"{url}/model", timeout=30).json()["interrogation"]["label_tables"]
+        if tables["state"] == "ready":
+            return tables
+        time.sleep(1)
+    raise AssertionError(f"label tables not ready after {timeout_s} s: {tables}")
+
+
 @pytest.fixture(scope="session")
 def open_clip_url(tiny_models, tmp_path_factory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("bentoml-open-clip")
     clip = f"local-dir:{tiny_models['open-clip']}"
     with served(home, CLIP_MODEL=clip, CAPTION_MODEL=str(tiny_models["blip"])) as url:
+        # Its tests interrogate: before the tables are built that is a 503 by design.
+        wait_for_label_tables(url)
         yield url
 
 

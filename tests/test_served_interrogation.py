@@ -21,6 +21,7 @@ from tests.conftest import (
     make_image,
     served,
     served_label_tables,
+    wait_for_label_tables,
     write_library_cache,
 )
 
@@ -33,19 +34,9 @@ MODES = ["best", "classic", "fast", "negative"]
 LIBRARY_MODEL_NAME = "ViT-B-32/tiny"  # picks the standard CLIP tokenizer, like the model's
 
 
-def _wait_for_tables(url: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        tables = httpx.get(f"{url}/model", timeout=30).json()["interrogation"]["label_tables"]
-        if tables["state"] == "ready":
-            return tables
-        time.sleep(1)
-    raise AssertionError(f"label tables not ready after {timeout_s} s: {tables}")
-
-
 @pytest.fixture(scope="module")
 def library(tiny_models, server, label_cache, tmp_path_factory) -> LibraryInterrogator:
-    assert set(_wait_for_tables(server)["origins"].values()) == {"built"}
+    assert set(wait_for_label_tables(server)["origins"].values()) == {"built"}
     model, _, preprocess = open_clip.create_model_and_transforms(
         f"local-dir:{tiny_models['open-clip']}"
     )
