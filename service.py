@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import bentoml
 import torch
@@ -24,7 +24,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
-from clip_service import process
 from clip_service.errors import InvalidInput, NotFound, NotServed, error_body, validation_message
 from clip_service.interrogation.custom_tables import CustomTableLimits, CustomTableStatus
 from clip_service.interrogation.interrogator import Mode
@@ -48,7 +47,7 @@ from clip_service.server.encoding import ItemEncoder
 from clip_service.server.form_embeddings import OPENAPI_BODY, embed_form
 from clip_service.server.forms import declared_bodies, takes
 from clip_service.server.guard import RouteGuard
-from clip_service.server.interrogation import CustomRankings, InterrogationPipeline
+from clip_service.server.interrogation import CustomRankings, Interrogated, InterrogationPipeline
 from clip_service.server.jobs import JobRegistry, JobStatus
 from clip_service.server.limits import check_classify_chars, check_rank_pairs, check_url_items
 from clip_service.server.middleware import AccessControl, RequestReader, ResponseShaper
@@ -86,13 +85,13 @@ from runners.blip_captioner import BlipCaptioner
 from runners.clip_encoder import ClipEncoder
 
 settings = get_settings()
-process.prepare(settings.header_read_timeout_s)
 warn_if_open(bool(settings.api_key_list))
 
 guard = RouteGuard(settings.request_timeout_s, settings.max_concurrency)
 MAX_FLAVORS = settings.max_flavors
 MAX_LABELS = 1000
 MAX_EXTRA_TABLES = 8
+Answer = TypeVar("Answer")
 ExtraTables = Annotated[
     list[str],
     Field(max_length=MAX_EXTRA_TABLES, description="custom label tables to rank the image in"),
@@ -281,21 +280,31 @@ class ClipApi:
     async def _interrogation(
         self, image: ImageItem, request: PromptRequest
     ) -> Callable[[str | None], Awaitable[InterrogateResult]]:
-        """The interrogation of an image, to run now or as a job (reporting its chain step
-        under the job's key); the image is decoded now (bad input is a 400 at once), and
-        only its models' input pixels are kept."""
-        interrogation = self._interrogating()
-        data, field = await self.items.image_bytes(image, "image")
-        pixels = await interrogation.pixels(data, field, caption=request.needs_caption)
+        """The interrogation of an image, to run now or as a job (see :meth:`_prompt`)."""
 
-        async def work(progress_key: str | None) -> InterrogateResult:
-            answer = await interrogation.interrogate(pixels, request, progress_key)
+        def answer(made: Interrogated) -> InterrogateResult:
+            scores = _label_scores(made.label_tables)
             return InterrogateResult(
-                prompt=answer.prompt,
-                caption=answer.caption,
-                mode=request.mode,
-                label_tables=_label_scores(answer.label_tables),
+                prompt=made.prompt, caption=made.caption, mode=request.mode, label_tables=scores
             )
+
+        return await self._prompt(*await self.items.image_bytes(image, "image"), request, answer)
+
+    async def _prompt(
+        self,
+        data: bytes,
+        field: str,
+        request: PromptRequest,
+        answer: Callable[[Interrogated], Answer],
+    ) -> Callable[[str | None], Awaitable[Answer]]:
+        """The prompt search for an image, as work to run now or as a job (reporting its
+        chain step under the job's key). Input is checked and decoded now (bad input is a 400
+        at once), and only the models' input pixels are kept."""
+        interrogation = self._interrogating()
+        pixels = await interrogation.prepare(data, field, request)
+
+        async def work(progress_key: str | None) -> Answer:
+            return answer(await interrogation.interrogate(pixels, request, progress_key))
 
         return work
 
@@ -337,14 +346,9 @@ class ClipApi:
         return _accepted(self.jobs.submit("extract_text", await self._text_extraction(image)))
 
     async def _text_extraction(self, image: bytes) -> Callable[[str | None], Awaitable[TextResult]]:
-        interrogation = self._interrogating()
-        pixels = await interrogation.pixels(image, "body")
-
-        async def work(progress_key: str | None) -> TextResult:
-            answer = await interrogation.interrogate(pixels, PromptRequest(), progress_key)
-            return TextResult(text=answer.prompt)
-
-        return work
+        return await self._prompt(
+            image, "body", PromptRequest(), lambda made: TextResult(text=made.prompt)
+        )
 
     @bentoml.api(route="/classify")
     @takes("image")

@@ -58,7 +58,8 @@ class Unavailable(RequestError):
     status = HTTPStatus.SERVICE_UNAVAILABLE
 
     def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message, {"Retry-After": str(max(1, int(retry_after_s)))})
+        self.retry_after_s = max(1, int(retry_after_s))
+        super().__init__(message, {"Retry-After": str(self.retry_after_s)})
 
 
 class NotServed(RequestError):

@@ -260,6 +260,9 @@ def test_a_job_gives_what_its_route_gives(client: TestClient) -> None:
     assert client.get(f"{location}/result").json() == expected
     refused = client.post("/jobs/interrogate", json={"image": {"img_blob": "bm90IGFuIGltYWdl"}})
     assert refused.status_code == 400 and error(refused).startswith("image.img_blob: ")
+    unknown = client.post("/jobs/interrogate", json={**body, "label_tables": ["nope"]})
+    assert unknown.status_code == 400, unknown.text
+    assert error(unknown).startswith("label_tables: no custom label table 'nope'")
 
 
 def wait_for_table(client: TestClient, name: str) -> dict:

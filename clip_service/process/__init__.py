@@ -2,7 +2,8 @@
 
 ``bentoml serve`` (all services), ``bentoml serve runners.clip_encoder:ClipEncoder`` (a
 split model service) and a BentoML worker started by the arbiter each import one service
-module; each of those calls :func:`prepare` at import, so every process has the same
+module, and every service module imports ``runners.model_service``, which calls
+:func:`prepare` at import: so every process has the same
 version gate, private hooks (:mod:`.hooks`), logging (:mod:`.logs`), and, through
 :func:`guard_service`, the same drain on SIGTERM (:mod:`.drain`) and the same cancellation
 of work whose caller has gone (:mod:`.disconnect`).

@@ -5,7 +5,7 @@ answers or into the error a caller can act on."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -26,9 +26,13 @@ class CustomTablesEncoder(Protocol):
     """The custom-table API of the ``ClipEncoder`` service (keyword arguments)."""
 
     async def custom_tables(self) -> list[CustomTableStatus]: ...
-    async def put_custom_table(self, **kwargs: Any) -> CustomTableStatus | None: ...
-    async def delete_custom_table(self, **kwargs: Any) -> bool: ...
-    async def rank_custom_tables(self, **kwargs: Any) -> dict[str, Ranking]: ...
+    async def put_custom_table(
+        self, *, name: str, labels: list[str]
+    ) -> CustomTableStatus | None: ...
+    async def delete_custom_table(self, *, name: str) -> bool: ...
+    async def rank_custom_tables(
+        self, *, image_features: np.ndarray, names: list[str], top_k: int
+    ) -> dict[str, Ranking]: ...
 
 
 class RemoteCustomTables:

@@ -4,21 +4,23 @@ has, and admission can refuse what could not finish in time."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
 _deadline: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 
-@contextmanager
-def within(seconds: float) -> Iterator[None]:
-    """The code inside has ``seconds`` from now (the caller enforces it, e.g. with
-    ``asyncio.timeout``)."""
+@asynccontextmanager
+async def within(seconds: float) -> AsyncIterator[None]:
+    """The code inside has ``seconds`` from now: it is cancelled then (``TimeoutError``),
+    and :func:`time_left_s` tells it how long it has meanwhile."""
     token = _deadline.set(time.monotonic() + seconds)
     try:
-        yield
+        async with asyncio.timeout(seconds):
+            yield
     finally:
         _deadline.reset(token)
 

@@ -16,7 +16,6 @@ BentoML's own timeout stays configured a few seconds longer, as a backstop this 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec
@@ -47,9 +46,8 @@ class RouteGuard:
                 return _refused(429, f"too many requests: {self.max_concurrency} already in flight")
             self.in_flight += 1
             try:
-                with deadlines.within(self.timeout_s):
-                    async with asyncio.timeout(self.timeout_s):
-                        return await route(*args, **kwargs)
+                async with deadlines.within(self.timeout_s):
+                    return await route(*args, **kwargs)
             except TimeoutError:
                 refusal = _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
                 return _for_context(refusal, args, kwargs)

@@ -79,7 +79,9 @@ class InterrogatingEncoder(Protocol):
         progress_key: str | None,
         time_left_s: float | None,
     ) -> Interrogation: ...
-    async def analyze(self, **kwargs: Any) -> Analysis: ...
+    async def analyze(
+        self, *, image_features: np.ndarray, top_k: int, wait_s: float
+    ) -> Analysis: ...
     async def interrogation_progress(self, key: str) -> ChainProgress | None: ...
 
 
@@ -99,10 +101,17 @@ class InterrogationPipeline:
         self.captioner = RemoteModel(lambda: self.captioner_client.info())
         # Label tables still being made are waited for only within half a request's budget.
         self.max_wait_s = request_timeout_s / 2
-        # Once the encoder has said its tables are ready, arrivals are not held up asking
-        # it again (a busy encoder answers slowly, and refusals must be quick); should an
-        # encoder restart without them, its interrogate answers without a prompt (503).
-        self._tables_seen_ready = False
+        # Whether the encoder's last word was that its tables are ready: arrivals then are
+        # not held up asking it again (a busy encoder answers slowly, and refusals must be
+        # quick). Every answer carries the tables' state, so an encoder that restarts without
+        # them is asked again from its next answer on.
+        self._tables_ready = False
+
+    async def prepare(self, data: bytes, field: str, request: PromptRequest) -> ImagePixels:
+        """What an interrogation checks and decodes before it is run (now, or as a job): bad
+        input is refused here, at once. The custom tables are checked again when it runs."""
+        await self.custom_tables.check(request.label_tables, "label_tables")
+        return await self.pixels(data, field, caption=request.needs_caption)
 
     async def pixels(self, data: bytes, field: str, caption: bool = True) -> ImagePixels:
         """Image bytes -> CLIP's input pixels and, when ``caption``, the captioner's."""
@@ -157,6 +166,7 @@ class InterrogationPipeline:
                     ),
                     self._custom(features, request.label_tables, EXTRA_TABLE_TOP_K),
                 )
+        self._tables_ready = answer.tables.state == "ready"
         if answer.prompt is None:
             raise tables_unavailable(answer.tables)
         used = "" if request.mode is Mode.NEGATIVE else request.caption or ""
@@ -181,6 +191,7 @@ class InterrogationPipeline:
             ),
             self._custom(features, label_tables, top_k),
         )
+        self._tables_ready = answer.tables.state == "ready"
         if answer.labels is None:
             raise tables_unavailable(answer.tables)
         return answer.labels, extra
@@ -195,10 +206,10 @@ class InterrogationPipeline:
 
     async def _refuse_unless_tables_due(self) -> None:
         """503 before any model work when the tables will not be ready in time."""
-        if self._tables_seen_ready:
+        if self._tables_ready:
             return
         status = await self.tables()
-        self._tables_seen_ready = status.state == "ready"
+        self._tables_ready = status.state == "ready"
         if not status.due_within(self.max_wait_s):
             raise tables_unavailable(status)
 

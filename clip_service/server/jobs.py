@@ -182,9 +182,8 @@ class JobRegistry:
         try:
             async with self.slots:
                 self._set(job_id, "running")
-                with deadlines.within(self.timeout_s):
-                    async with asyncio.timeout(self.timeout_s):
-                        result = await _when_not_busy(work, job_id)
+                async with deadlines.within(self.timeout_s):
+                    result = await _when_not_busy(work, job_id)
             self._set(job_id, "succeeded", result=result.model_dump_json())
         except TimeoutError:
             self._set(job_id, "failed", error=f"timeout: not done within {self.timeout_s:g} s")
@@ -263,7 +262,7 @@ async def _when_not_busy(work: Work, job_id: str) -> BaseModel:
         try:
             return await work(job_id)
         except Unavailable as exc:
-            await asyncio.sleep(float(exc.headers.get("Retry-After", "5")))
+            await asyncio.sleep(exc.retry_after_s)
 
 
 def _migrate(db: sqlite3.Connection) -> None:
