@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from clip_service.interrogation import LabelCache, LabelTables, read_label_tables
+from clip_service.interrogation.label_cache import LabelCache, LabelTables
+from clip_service.interrogation.labels import read_label_tables
 from clip_service.models.clip import ClipModel
 from clip_service.models.factory import load_configured_clip_model
 

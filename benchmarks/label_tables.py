@@ -49,8 +49,8 @@ from benchmarks.common import (
     write_results,
 )
 from clip_service.engines.clip_engine import ClipEngine, EngineLimits
-from clip_service.interrogation import EncodeTexts, LabelCache, read_label_tables
-from clip_service.interrogation.labels import LabelTable
+from clip_service.interrogation.label_cache import EncodeTexts, LabelCache
+from clip_service.interrogation.labels import LabelTable, read_label_tables
 from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
 from tests.conftest import free_port

@@ -27,25 +27,25 @@ from runners.model_service import (
     model_service_config,
 )
 
-settings = get_settings()
 
-GENERATION = GenerationSettings(
-    max_new_tokens=settings.caption_max_new_tokens,
-    num_beams=settings.caption_num_beams,
-    min_length=settings.caption_min_length,
-    repetition_penalty=settings.caption_repetition_penalty,
-)
-
-
-@bentoml.service(**model_service_config("BlipCaptioner", settings.caption_workers))
+# The service's own settings are read when it starts (``__init__``); BentoML's decorator
+# takes only its worker count and time limits, at import.
+@bentoml.service(**model_service_config("BlipCaptioner", get_settings().caption_workers))
 class BlipCaptioner:
     @bentoml.on_deployment
     def fetch_model() -> None:
         """Runs once in the serving process: fail with one clear line if unavailable."""
-        exit_unless_loadable(lambda: CaptionPreprocessor.load(settings.caption_model))
+        exit_unless_loadable(lambda: CaptionPreprocessor.load(get_settings().caption_model))
 
     def __init__(self) -> None:
-        captioner = Captioner.load(settings.caption_model, settings.device, GENERATION)
+        settings = get_settings()
+        generation = GenerationSettings(
+            max_new_tokens=settings.caption_max_new_tokens,
+            num_beams=settings.caption_num_beams,
+            min_length=settings.caption_min_length,
+            repetition_penalty=settings.caption_repetition_penalty,
+        )
+        captioner = Captioner.load(settings.caption_model, settings.device, generation)
         self.engine = CaptionEngine(
             captioner,
             settings.caption_max_batch_size,

@@ -42,22 +42,24 @@ from runners.model_service import (
     model_service_config,
 )
 
-settings = get_settings()
-CUSTOM_TABLE_LIMITS = CustomTableLimits(
-    settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
-)
 
-
-@bentoml.service(**model_service_config("ClipEncoder", settings.encoder_workers))
+# The service's own settings are read when it starts (``__init__``); BentoML's decorator
+# takes only its worker count and time limits, at import.
+@bentoml.service(**model_service_config("ClipEncoder", get_settings().encoder_workers))
 class ClipEncoder:
     @bentoml.on_deployment
     def fetch_model() -> None:
         """Runs once in the serving process: download, or exit with one clear line."""
+        settings = get_settings()
         exit_unless_loadable(lambda: fetch_clip_files(parse_clip_spec(settings.clip_model)))
         device = pick_device(settings.device)
         exit_unless_loadable(lambda: plan(device, settings.clip_precision, settings.image_runtime))
 
     def __init__(self) -> None:
+        self.settings = settings = get_settings()
+        self.custom_table_limits = CustomTableLimits(
+            settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
+        )
         limits = EngineLimits(
             image_max_batch=settings.image_max_batch_size,
             text_max_batch=settings.text_max_batch_size,
@@ -73,8 +75,9 @@ class ClipEncoder:
     def start_label_tables(self) -> None:
         """Custom label tables, and interrogation's, load, download or build from the start,
         at the lowest priority (interrogation's: not for a CLIP-only deployment)."""
+        settings = self.settings
         self.engine.start_custom_tables(
-            settings.custom_tables_dir, settings.label_cache_dir, CUSTOM_TABLE_LIMITS
+            settings.custom_tables_dir, settings.label_cache_dir, self.custom_table_limits
         )
         if settings.interrogation:
             self.engine.build_label_tables(settings.label_cache_dir, settings.label_tables_download)
@@ -142,7 +145,7 @@ class ClipEncoder:
         """Store a custom table (checked by the caller) and start embedding it; none when
         there are too many tables."""
         custom = self.engine.custom_tables()
-        return custom.put(check_table(name, labels, CUSTOM_TABLE_LIMITS))
+        return custom.put(check_table(name, labels, self.custom_table_limits))
 
     @bentoml.api
     async def delete_custom_table(self, name: str) -> bool:

@@ -36,6 +36,8 @@ from benchmarks.decode_worker import DecodeWorker
 from clip_service.inputs.images import MAX_ASPECT_RATIO
 from tests.image_seeds import SIZE, seeds
 
+pytestmark = pytest.mark.slow  # ~4,900 cases: the full tier
+
 MAX_PIXELS = 4_000_000  # small, so that a header at the limit costs little to test
 CASE_TIMEOUT_S = 20.0  # generous on a shared 2-core machine; a decode here takes ms
 # Peak RSS growth allowed per case (decode + both preprocessings). Measured on the largest
@@ -118,9 +120,9 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def preprocess_configs(tmp_path_factory) -> list[dict]:
+def preprocess_configs(tiny_models) -> list[dict]:
     """Both libraries' preprocessing, as the generated tiny models configure it."""
-    return image_memory.preprocess_configs(tmp_path_factory.mktemp("fuzz-models"))
+    return image_memory.preprocess_configs(tiny_models)
 
 
 @pytest.fixture(scope="module")

@@ -324,6 +324,7 @@ def test_stalled_hub_is_given_up_after_the_timeout(
     assert "Timeout" in only_record(caplog, logging.WARNING)
 
 
+@pytest.mark.slow  # huggingface_hub's own retries: ~6 s
 def test_stalled_download_leaves_no_partial_file(
     hub: FakeHub, hf_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -393,6 +394,7 @@ print(json.dumps(None if embeds is None else embeds.tolist()))
 """
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize("offline", [False, True], ids=["online", "offline"])
 def test_environment_variables_are_honoured(hub: FakeHub, tmp_path: Path, offline: bool) -> None:
     """HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE as a user sets them, in a fresh interpreter."""

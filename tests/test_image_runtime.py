@@ -39,6 +39,7 @@ def pixels() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((5, 3, 224, 224), dtype=np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKENDS)
 def test_onnx_image_tower_equals_eager(tiny_models, cache, pixels, name):
     onnx = _load(tiny_models, name, cache)
@@ -52,6 +53,7 @@ def test_onnx_image_tower_equals_eager(tiny_models, cache, pixels, name):
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BACKENDS)
 def test_cached_export_is_reused(tiny_models, cache, monkeypatch, name):
     _load(tiny_models, name, cache)  # exported here or by the test above
@@ -63,6 +65,7 @@ def test_cached_export_is_reused(tiny_models, cache, monkeypatch, name):
     assert _load(tiny_models, name, cache).info().image_runtime == "onnxruntime"
 
 
+@pytest.mark.slow
 def test_corrupted_cache_file_is_rebuilt(tiny_models, tmp_path, pixels):
     first = _load(tiny_models, "open-clip", tmp_path)
     (graph,) = tmp_path.glob("*/image.onnx")
@@ -73,6 +76,7 @@ def test_corrupted_cache_file_is_rebuilt(tiny_models, tmp_path, pixels):
     np.testing.assert_array_equal(second.encode_images(pixels), first.encode_images(pixels))
 
 
+@pytest.mark.slow
 def test_graph_that_does_not_match_falls_back_to_torch(tiny_models, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(image_runtime.MIN_COSINE, "fp32", 1.5)  # no graph can pass
     with caplog.at_level(logging.WARNING, logger="clip_service.models.image_runtime"):

@@ -37,16 +37,19 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
-from clip_service.interrogation import (
+from clip_service.interrogation.interrogator import (
     ANALYZE_TABLES,
     Interrogator,
     InterrogatorSettings,
-    LabelCache,
-    LabelTables,
     Mode,
+)
+from clip_service.interrogation.label_cache import LabelCache, LabelTables
+from clip_service.interrogation.labels import (
+    MERGED_TABLES,
+    TABLE_NAMES,
+    package_data_dir,
     read_label_tables,
 )
-from clip_service.interrogation.labels import MERGED_TABLES, TABLE_NAMES, package_data_dir
 from clip_service.models.clip import ClipModel
 from clip_service.models.factory import load_clip_model
 from clip_service.models.specs import parse_clip_spec

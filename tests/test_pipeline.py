@@ -13,7 +13,7 @@ import pytest
 
 from clip_service.engines.clip_engine import Analysis, Interrogation
 from clip_service.errors import InvalidInput, Unavailable
-from clip_service.interrogation import Mode
+from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.scheduling import Admission, Priority

@@ -71,6 +71,7 @@ def test_bf16_converts_weights_and_stays_close(spec, reference):
     assert min_cosine(model.encode_texts(TEXTS), texts) >= 0.999
 
 
+@pytest.mark.slow
 def test_int8_quantises_the_image_tower_only(spec, reference, tmp_path):
     pixels, images, texts = reference
     model = load_clip_model(

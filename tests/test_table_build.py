@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clip_service.interrogation import LabelCache, LabelTable
 from clip_service.interrogation import table_build as table_build_module
+from clip_service.interrogation.label_cache import LabelCache
+from clip_service.interrogation.labels import LabelTable
 from clip_service.interrogation.table_build import TableBuild, TablesStatus
 
 DIM = 8

@@ -3,6 +3,7 @@
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -22,7 +23,7 @@ from transformers import (
 )
 
 from clip_service.testing import tiny_models
-from clip_service.testing.tiny_models import make_all, make_blip, make_hf_clip, make_open_clip
+from clip_service.testing.tiny_models import make_blip, make_hf_clip, make_open_clip
 
 MAKERS = {"hf-clip": make_hf_clip, "open-clip": make_open_clip, "blip": make_blip}
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -49,8 +50,16 @@ TEXTS = [
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_all(tmp_path_factory.mktemp("tiny"))
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    """The session's generated models (``make_all``), as every other test uses them."""
+    return tiny_models
+
+
+@pytest.fixture(scope="module")
+def tokenizers(models: dict[str, Path]) -> tuple[Any, Any]:
+    """(open_clip's, Hugging Face's) tokenizer of the two CLIP formats."""
+    open_clip_tokenizer = open_clip.get_tokenizer(f"local-dir:{models['open-clip']}")
+    return open_clip_tokenizer, AutoTokenizer.from_pretrained(models["hf-clip"])
 
 
 @pytest.fixture(scope="session")
@@ -136,9 +145,9 @@ def test_clip_preprocessing_agrees(models: dict[str, Path], images: list[Image.I
 
 
 @pytest.mark.parametrize("text", TEXTS)
-def test_hf_tokenizer_matches_open_clip(models: dict[str, Path], text: str) -> None:
-    expected = open_clip.get_tokenizer(f"local-dir:{models['open-clip']}")([text])[0].tolist()
-    hf = AutoTokenizer.from_pretrained(models["hf-clip"])
+def test_hf_tokenizer_matches_open_clip(tokenizers: tuple[Any, Any], text: str) -> None:
+    open_clip_tokenizer, hf = tokenizers
+    expected = open_clip_tokenizer([text])[0].tolist()
     ids = hf(text, max_length=77, truncation=True)["input_ids"]
     assert ids == expected[: len(ids)]
     assert set(expected[len(ids) :]) <= {0}  # open_clip pads with 0, HF pads with <|endoftext|>

@@ -1,33 +1,7 @@
-"""clip-interrogator 0.6.0's prompt algorithm over injected async CLIP/BLIP services."""
+"""clip-interrogator 0.6.0's prompt algorithm over injected async CLIP/BLIP services.
 
-from clip_service.interrogation.interrogator import (
-    ANALYZE_TABLES,
-    Captioner,
-    Interrogator,
-    InterrogatorSettings,
-    Mode,
-    TextEncoder,
-)
-from clip_service.interrogation.label_cache import (
-    EncodeTexts,
-    LabelCache,
-    LabelTables,
-    TableEmbeddings,
-)
-from clip_service.interrogation.labels import LabelTable, label_hash, read_label_tables
-
-__all__ = [
-    "ANALYZE_TABLES",
-    "Captioner",
-    "EncodeTexts",
-    "Interrogator",
-    "InterrogatorSettings",
-    "LabelCache",
-    "LabelTable",
-    "LabelTables",
-    "Mode",
-    "TableEmbeddings",
-    "TextEncoder",
-    "label_hash",
-    "read_label_tables",
-]
+Import from the modules: ``interrogator`` (the algorithm), ``labels`` (the tables),
+``label_cache`` and ``table_build`` (their embeddings), ``hub_tables`` (published ones),
+``custom_tables`` (the users' own), ``requests`` (what a caller asks for). The package
+itself imports nothing, so light modules (the hub client, the labels) stay light.
+"""

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import open_clip
-
 Backend = Literal["open_clip", "transformers"]
 
 _HF_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -90,6 +88,8 @@ def _parse_local_dir(raw: str, path: Path) -> ClipSpec:
 
 def _split_arch_tag(spec: str) -> tuple[str, str] | None:
     """``ARCH:tag`` or ``ARCH/tag`` where ARCH is an open_clip architecture."""
+    import open_clip  # here: it imports torch (seconds), which other specs never need
+
     for sep in (":", "/"):
         arch, found, tag = spec.partition(sep)
         if found and tag and arch in open_clip.list_models():
