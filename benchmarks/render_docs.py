@@ -6,7 +6,9 @@ them together, verbatim, behind a short introduction, so the documentation never
 second, hand-copied set of numbers. It only changes heading levels (each file becomes one
 section) and adds, per file, the script that writes it and a note where the file records a
 setting that the current code does not have, or a batching value that is not the current
-default (read from clip_service/settings.py, without importing it).
+default (read from clip_service/settings.py, without importing it). A file committed before
+the last change to the code it measures (the serving code, the lock, its script) is marked
+stale, with the commit it was measured at, until its script is run again.
 
     python benchmarks/render_docs.py            # writes docs/performance.md
     python benchmarks/render_docs.py --check    # exit 1 if docs/performance.md is stale
@@ -21,6 +23,7 @@ import argparse
 import ast
 import json
 import re
+import subprocess
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 SETTINGS = REPO / "clip_service" / "settings.py"
 OUT = REPO / "docs" / "performance.md"
+# What a benchmark measures besides its own script: a change here makes its results stale.
+MEASURED_CODE = ("clip_service", "runners", "service.py", "uv.lock")
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,31 @@ def notes(text: str, defaults: dict[str, object]) -> list[str]:
     return found
 
 
+def staleness(path: Path, script: str | None, repo: Path = REPO) -> str | None:
+    """A note when ``path`` was committed before the last change to the code it measures;
+    None when it is current (or not committed yet: a fresh run, or outside the repository)."""
+    if not path.resolve().is_relative_to(repo.resolve()):
+        return None
+    measured = _git(repo, "log", "-1", "--format=%h %cs", "--", str(path))
+    if not measured:
+        return None
+    commit, day = measured.split()
+    code = [*MEASURED_CODE, *([script] if script else [])]
+    changed = _git(repo, "diff", "--name-only", commit, "HEAD", "--", *code)
+    if not changed:
+        return None
+    what = f"`{script}`" if script else "its script"
+    return (
+        f"stale: measured at commit {commit} ({day}); the code it measures has changed since. "
+        f"Run {what} again to refresh these figures."
+    )
+
+
+def _git(repo: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
 def section(path: Path, source: Source | None, defaults: dict[str, object]) -> str:
     """One results file as a section: its first heading at level 2, the others at level 3,
     everything else verbatim."""
@@ -228,7 +258,8 @@ def section(path: Path, source: Source | None, defaults: dict[str, object]) -> s
         written = "not described by benchmarks/render_docs.py yet"
     intro.append(f"Source: [`{relative}`](../{relative}), {written}.")
     intro.append("")
-    for note in notes("\n".join(lines), defaults):
+    stale = staleness(path, source.script if source else None)
+    for note in [*([stale] if stale else []), *notes("\n".join(lines), defaults)]:
         intro.append(
             textwrap.fill(f"Note: {note}", width=92, initial_indent="> ", subsequent_indent="> ")
         )
