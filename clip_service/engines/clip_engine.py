@@ -250,5 +250,6 @@ class _ScheduledTextTower:
         return await self.engine.scheduler.run("encode_prefixed", rows, Priority.INTERROGATION)
 
     async def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Tokenizing a few prompts is quick: done here, outside the model's queue."""
-        return self.engine.model.count_tokens(texts)
+        """Outside the model's queue (tokenizing a few prompts is quick), but off the event
+        loop: the tokenizer's lock may be held by a step's tokenization in another thread."""
+        return await asyncio.to_thread(self.engine.model.count_tokens, list(texts))
