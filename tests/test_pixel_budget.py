@@ -4,8 +4,15 @@ until done; what does not fit waits in order; one larger than the budget runs al
 from __future__ import annotations
 
 import asyncio
+import io
 
+import pytest
+from PIL import Image
+
+from clip_service.errors import PayloadTooLarge
 from clip_service.inputs.pixel_budget import PixelBudget
+from clip_service.server.encoding import ItemEncoder
+from clip_service.settings import Settings
 
 
 async def settle() -> None:
@@ -97,5 +104,32 @@ def test_a_release_before_a_cancelled_waiter_has_run_skips_it() -> None:
         await asyncio.gather(cancelled, behind, return_exceptions=True)
         assert cancelled.cancelled() and behind.done() and not behind.exception()
         assert budget.in_use == 0 and not budget._waiters
+
+    asyncio.run(main())
+
+
+def test_an_image_over_the_limit_is_refused_without_waiting_for_the_budget() -> None:
+    """Its header says it is too large: it must not queue behind (and then hold up) the
+    decodes in progress for a budget it will never use."""
+    settings = Settings(max_image_pixels=10_000, decode_pixel_budget=10_000)
+    encoder = ItemEncoder(None, settings)  # type: ignore[arg-type]  # no model work here
+    png = io.BytesIO()
+    Image.new("P", (200, 100)).save(png, "PNG")  # 20,000 pixels declared, a few hundred bytes
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def busy_decode() -> None:
+            async with encoder.budget.hold(settings.decode_pixels):
+                await release.wait()
+
+        busy = asyncio.create_task(busy_decode())
+        await settle()
+        assert encoder.budget.in_use == settings.decode_pixels
+        # A hang guard, not a speed claim: waiting for the budget would never end here.
+        with pytest.raises(PayloadTooLarge, match="exceeds the limit of 10000 pixels"):
+            await asyncio.wait_for(encoder.preprocessed(png.getvalue(), "image", []), 60)
+        release.set()
+        await busy
 
     asyncio.run(main())

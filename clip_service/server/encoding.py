@@ -79,7 +79,12 @@ class ItemEncoder:
             image = decode_image(data, field, max_pixels=max_pixels, draft_to=draft_to)
             return [preprocess(image) for preprocess in preprocessors]
 
-        async with self.budget.hold(declared_pixels(data)):
+        declared = declared_pixels(data)
+        if declared > max_pixels:
+            # Refused from its header, nothing decoded: it takes no budget, so it never
+            # waits behind (or holds up) the decodes in progress.
+            return await anyio.to_thread.run_sync(decode_and_preprocess)
+        async with self.budget.hold(declared):
             return await anyio.to_thread.run_sync(decode_and_preprocess)
 
     async def item_pixels(self, item: Item, field: str) -> np.ndarray:

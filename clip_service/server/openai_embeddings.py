@@ -36,6 +36,7 @@ from clip_service.server.limits import check_url_items
 from clip_service.server.schemas import Item
 from clip_service.settings import get_settings
 
+# The item limit is part of the OpenAPI document, so it is read when the routes are declared.
 _settings = get_settings()
 
 EncodingFormat = Literal["float", "base64"]
@@ -150,7 +151,7 @@ class OpenAIEmbeddings:
                 f"send {info.embedding_size} or omit it",
             )
         items = [to_item(value, modality, f"input[{i}]") for i, value in enumerate(strings)]
-        check_url_items(items, "input", _settings.max_url_items)
+        check_url_items(items, "input", self.items.settings.max_url_items)
         texts = [item.text for item in items if item.text is not None]
         vectors, counts = await asyncio.gather(
             self.items.encode_items(items, "input"), self._count_tokens(texts)

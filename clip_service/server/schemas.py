@@ -12,6 +12,8 @@ from clip_service.interrogation.table_build import TablesStatus
 from clip_service.models.clip import ModelSummary
 from clip_service.settings import get_settings
 
+# Text and item limits are part of the OpenAPI document: read when the routes are declared
+# (the in-process tests set the environment before importing the service).
 _settings = get_settings()
 
 Text = Annotated[str, Field(min_length=1, max_length=_settings.max_text_chars)]
