@@ -10,9 +10,7 @@ Queue wait, batch size and batch time come from each model service's scheduler
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any
+from contextlib import AbstractContextManager
 
 from prometheus_client import Counter, Histogram
 
@@ -82,16 +80,9 @@ class SchedulerMetrics:
         REFUSED.labels(self.service, priority.value).inc()
 
 
-def timed_interrogation(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Decorate ``interrogate(self, image, request, ...)``: its duration by the request's
-    mode (a :class:`~clip_service.interrogation.requests.PromptRequest`)."""
-
-    @functools.wraps(func)
-    async def timed(self: object, image: object, request: Any, *args: Any, **kwargs: Any) -> Any:
-        with INTERROGATION_DURATION.labels(mode=request.mode.value).time():
-            return await func(self, image, request, *args, **kwargs)
-
-    return timed
+def timed_interrogation(mode: str) -> AbstractContextManager[object]:
+    """Times the interrogation inside it under ``mode`` (failed ones included)."""
+    return INTERROGATION_DURATION.labels(mode=mode).time()
 
 
 def label_cache_lookup(table: str, result: str) -> None:

@@ -99,7 +99,7 @@ class ClipEncoder:
             return await self.engine.encode_texts(texts, priority)
 
     @bentoml.api
-    async def interrogate(
+    async def search_prompt(
         self,
         image_features: np.ndarray,
         request: PromptRequest,
@@ -112,7 +112,7 @@ class ClipEncoder:
         it is by its ``progress_key``. 429 at once when it could not finish within
         ``time_left_s`` behind the interrogations already here."""
         with answer_overload_with_429():
-            return await self.engine.interrogate(
+            return await self.engine.search_prompt(
                 image_features, request, wait_s, progress_key, time_left_s
             )
 

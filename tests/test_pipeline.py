@@ -60,7 +60,7 @@ class FakeEncoder:
     async def builtin_tables(self) -> TablesStatus:
         return self.status
 
-    async def interrogate(self, *, request: PromptRequest, wait_s: float, **kwargs: Any) -> Any:
+    async def search_prompt(self, *, request: PromptRequest, wait_s: float, **kwargs: Any) -> Any:
         self.calls.append({"request": request, "wait_s": wait_s, **kwargs})
         await self.hold.wait()
         ready = self.status.state == "ready" or wait_s >= (self.status.eta_s or 1e9)

@@ -156,7 +156,7 @@ class ClipEngine:
         """None when this worker does no interrogation."""
         return self.tables.status() if self.tables is not None else None
 
-    async def interrogate(
+    async def search_prompt(
         self,
         image_features: np.ndarray,
         request: PromptRequest,

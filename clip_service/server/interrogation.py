@@ -70,7 +70,7 @@ class InterrogatingEncoder(Protocol):
     BentoML's clients take them)."""
 
     async def builtin_tables(self) -> TablesStatus: ...
-    async def interrogate(
+    async def search_prompt(
         self,
         *,
         image_features: np.ndarray,
@@ -135,7 +135,6 @@ class InterrogationPipeline:
     async def tables(self) -> TablesStatus:
         return await self.encoder.builtin_tables()
 
-    @timed_interrogation
     async def interrogate(
         self, image: ImagePixels, request: PromptRequest, progress_key: str | None = None
     ) -> Interrogated:
@@ -143,6 +142,12 @@ class InterrogationPipeline:
         terms of the custom label tables the request names. The caption is generated while
         CLIP encodes the image, unless given or not needed; with a ``progress_key``,
         :meth:`chain_step` tells how far it is meanwhile."""
+        with timed_interrogation(request.mode.value):
+            return await self._interrogate(image, request, progress_key)
+
+    async def _interrogate(
+        self, image: ImagePixels, request: PromptRequest, progress_key: str | None
+    ) -> Interrogated:
         started = time.monotonic()
         await self._refuse_unless_tables_due()
         await self.custom_tables.check(request.label_tables, "label_tables")
@@ -157,7 +162,7 @@ class InterrogationPipeline:
                 if generated:
                     request = request.with_caption(generated[0])
                 answer, extra = await gather_or_cancel(
-                    self.encoder.interrogate(
+                    self.encoder.search_prompt(
                         image_features=features,
                         request=request,
                         wait_s=self._wait_left(started),
