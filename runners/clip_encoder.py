@@ -43,8 +43,9 @@ from runners.model_service import (
 )
 
 
-# The service's own settings are read when it starts (``__init__``); BentoML's decorator
-# takes only its worker count and time limits, at import.
+# The service reads its settings (``get_settings()``, cached per process) when it starts
+# (``__init__``), so a test that sets the environment and clears the cache first is served
+# with them; BentoML's decorator takes only its worker count and time limits, at import.
 @bentoml.service(**model_service_config("ClipEncoder", get_settings().encoder_workers))
 class ClipEncoder:
     @bentoml.on_deployment

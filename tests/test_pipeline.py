@@ -37,12 +37,14 @@ class FakeItems:
 
 
 class FakeLabelLists:
-    """Custom label tables: only ``known`` exists."""
+    """Custom label tables: ``known`` exists, ``embedding`` is being embedded."""
 
-    known = "mine"
+    known, embedding = "mine", "new"
 
     async def check(self, names: list[str], field: str) -> None:
         for name in names:
+            if name == self.embedding:
+                raise Unavailable(f"label table {name!r} is being embedded", 10)
             if name != self.known:
                 raise InvalidInput(field, f"no custom label table {name!r}")
 
@@ -224,3 +226,23 @@ def test_each_interrogation_is_timed_under_its_mode() -> None:
     asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.FAST, caption="given")))
     asyncio.run(made.interrogate(IMAGE, PromptRequest(mode=Mode.CLASSIC, caption="given")))
     assert (count("fast") - before[0], count("classic") - before[1]) == (1, 1)
+
+
+def test_prepare_refuses_bad_input_at_once_and_leaves_a_table_being_embedded_to_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a job's submission runs: an unknown table is a 400 then; one still being
+    embedded is not bad input (the job waits for it), and the run itself answers 503."""
+    made, (_, encoder, _) = pipeline(READY)
+
+    async def decoded(data: bytes, field: str, caption: bool = True) -> ImagePixels:
+        return IMAGE
+
+    monkeypatch.setattr(made, "pixels", decoded)
+    with pytest.raises(InvalidInput, match="label_tables: no custom label table 'nope'"):
+        asyncio.run(made.prepare(b"png", "image", PromptRequest(label_tables=("nope",))))
+    embedding = PromptRequest(mode=Mode.FAST, caption="c", label_tables=("new",))
+    assert asyncio.run(made.prepare(b"png", "image", embedding)) is IMAGE
+    with pytest.raises(Unavailable, match="being embedded"):
+        asyncio.run(made.interrogate(IMAGE, embedding))
+    assert encoder.calls == []  # refused before any model work

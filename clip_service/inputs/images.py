@@ -7,6 +7,7 @@ import binascii
 import io
 import re
 import struct
+import sys
 import warnings
 
 import numpy as np
@@ -132,7 +133,11 @@ def declared_pixels(data: bytes) -> int:
             with Image.open(io.BytesIO(data)) as image:
                 width, height = image.size
         return max(1, width * height)
-    except (Image.DecompressionBombError, MemoryError, *_DECODE_ERRORS):
+    except Image.DecompressionBombError:
+        # Pillow refuses to open a header over twice its limit (the decode limit, once
+        # decode_image has run here): larger than any limit, whatever its exact size.
+        return sys.maxsize
+    except (MemoryError, *_DECODE_ERRORS):
         return 1
 
 

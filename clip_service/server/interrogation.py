@@ -1,18 +1,20 @@
 """The entry service's side of interrogation: an image in, a prompt (or top labels) out.
 
-Everything a request names is checked before any model work: the label tables must be due
-within half its time budget (else 503 at once, with the build's progress and when to
-retry), its custom label tables must exist. Then it is admitted (at most
+Everything a request names is checked before any model work. At once (:meth:`prepare`,
+also when it is submitted as a job): its custom label tables must exist, and its image is
+decoded. When it runs: the label tables must be due within half its time budget (else 503,
+with the build's progress and when to retry), and it is admitted (at most
 ``MAX_INTERROGATIONS`` at once per entry worker, ``MAX_QUEUED_INTERROGATIONS`` waiting, and
-none that could not finish before its deadline: a 503 with ``Retry-After`` at arrival, before
-its caption is made); the entry decodes the image, asks the captioner for its caption and
-the encoder for its features (at interrogation priority, concurrently), then hands both to
-the encoder, where the label tables and the algorithm live (and where the same admission
-applies to the interrogations of all entry workers). A failure anywhere cancels the rest.
+none that could not finish before its deadline: a 503 with ``Retry-After``, before its
+caption is made). Then the entry asks the captioner for its caption and the encoder for its
+features (at interrogation priority, concurrently), then hands both to the encoder, where
+the label tables and the algorithm live (and where the same admission applies to the
+interrogations of all entry workers). A failure anywhere cancels the rest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Iterator, Sequence
 from contextlib import contextmanager
@@ -109,8 +111,11 @@ class InterrogationPipeline:
 
     async def prepare(self, data: bytes, field: str, request: PromptRequest) -> ImagePixels:
         """What an interrogation checks and decodes before it is run (now, or as a job): bad
-        input is refused here, at once. The custom tables are checked again when it runs."""
-        await self.custom_tables.check(request.label_tables, "label_tables")
+        input (an unknown custom table, an image that is none) is refused here, at once. A
+        custom table still being embedded is not bad input: the tables are checked again
+        when the work runs, which answers 503 then, or, for a job, waits its turn."""
+        with contextlib.suppress(Unavailable):
+            await self.custom_tables.check(request.label_tables, "label_tables")
         return await self.pixels(data, field, caption=request.needs_caption)
 
     async def pixels(self, data: bytes, field: str, caption: bool = True) -> ImagePixels:
@@ -123,7 +128,7 @@ class InterrogationPipeline:
 
     async def caption(self, pixels: ImagePixels, priority: Priority = Priority.INTERACTIVE) -> str:
         if pixels.caption is None:
-            raise ValueError("no captioner pixels: prepare them with caption=True")
+            raise ValueError("no captioner pixels: make them with pixels(..., caption=True)")
         captions = await self.captioner_client.caption(
             pixels=pixels.caption[None], priority=priority
         )

@@ -27,8 +27,9 @@ ExtraTables = Annotated[
 ]
 
 
-def current_entry() -> Entry:
-    """The serving ``ClipApi``'s parts (a FastAPI dependency: ``Depends(current_entry)``)."""
+async def current_entry() -> Entry:
+    """The serving ``ClipApi``'s parts (a FastAPI dependency: ``Depends(current_entry)``).
+    Async, so FastAPI calls it on the event loop, not in the thread pool image decodes use."""
     return bentoml.get_current_service().entry
 
 

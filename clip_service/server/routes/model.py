@@ -1,9 +1,8 @@
-"""What is served: ``GET /model``, and Weaviate's ``multi2vec-clip`` probes and meta call."""
+"""What is served: ``GET /model``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
 
 from clip_service.server.routes.common import EntryDep, guard
 from clip_service.server.schemas import BatchSettings, InterrogationInfo, ServedModel
@@ -31,24 +30,3 @@ async def served_model(entry: EntryDep) -> ServedModel:
     return ServedModel(
         **info.model_dump(exclude={"preprocess"}), batching=batching, interrogation=interrogation
     )
-
-
-@router.get("/meta", tags=["Weaviate"])
-@guard
-async def weaviate_meta(entry: EntryDep) -> dict:
-    """Weaviate's ``multi2vec-clip`` meta call: the served model."""
-    info = await entry.items.model_info()
-    return {"model": info.spec, "backend": info.backend, "dimensions": info.embedding_size}
-
-
-@router.get("/.well-known/live", status_code=204, tags=["Weaviate"])
-async def weaviate_live() -> Response:
-    """Weaviate's liveness probe: the process answers."""
-    return Response(status_code=204)
-
-
-@router.get("/.well-known/ready", status_code=204, tags=["Weaviate"])
-async def weaviate_ready(entry: EntryDep) -> Response:
-    """Weaviate's readiness probe (it waits for a 2xx within 500 ms): 204 when the model
-    services answer, as ``/readyz``."""
-    return Response(status_code=204 if await entry.ready() else 503)
