@@ -31,6 +31,15 @@ from clip_service.testing.tiny_models import make_all
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def pillow_limit_restored() -> Iterator[None]:
+    """``decode_image`` sets Pillow's process-wide ``MAX_IMAGE_PIXELS`` (a server's one
+    decode limit); a test's small limit must not reach the tests after it."""
+    saved = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_all(tmp_path_factory.mktemp("models"))
