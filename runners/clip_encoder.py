@@ -58,9 +58,7 @@ class ClipEncoder:
 
     def __init__(self) -> None:
         self.settings = settings = get_settings()
-        self.custom_table_limits = CustomTableLimits(
-            settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
-        )
+        self.custom_table_limits = CustomTableLimits.of(settings)
         limits = EngineLimits(
             image_max_batch=settings.image_max_batch_size,
             text_max_batch=settings.text_max_batch_size,

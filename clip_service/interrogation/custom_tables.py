@@ -18,7 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -27,6 +27,9 @@ from clip_service.errors import InvalidInput
 from clip_service.interrogation.label_cache import LabelCache, TableEmbeddings
 from clip_service.interrogation.labels import LabelTable
 from clip_service.models.ranking import rank
+
+if TYPE_CHECKING:
+    from clip_service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,14 @@ class CustomTableLimits:
     max_tables: int
     max_labels: int
     max_label_chars: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> CustomTableLimits:
+        """The limits the settings set (``MAX_CUSTOM_TABLES``, ...), as the entry and the
+        encoder both check them."""
+        return cls(
+            settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
+        )
 
 
 class CustomTableStatus(BaseModel):

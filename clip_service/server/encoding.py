@@ -8,6 +8,7 @@ one call per modality to the batched ``ClipEncoder``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Protocol
 
 import anyio.to_thread
@@ -80,11 +81,10 @@ class ItemEncoder:
             return [preprocess(image) for preprocess in preprocessors]
 
         declared = declared_pixels(data)
-        if declared > max_pixels:
-            # Refused from its header, nothing decoded: it takes no budget, so it never
-            # waits behind (or holds up) the decodes in progress.
-            return await anyio.to_thread.run_sync(decode_and_preprocess)
-        async with self.budget.hold(declared):
+        # One refused from its header (nothing decoded) takes no budget: it never waits
+        # behind, or holds up, the decodes in progress.
+        held = self.budget.hold(declared) if declared <= max_pixels else nullcontext()
+        async with held:
             return await anyio.to_thread.run_sync(decode_and_preprocess)
 
     async def item_pixels(self, item: Item, field: str) -> np.ndarray:

@@ -52,10 +52,7 @@ class Entry:
         dependencies: Sequence[Any],
     ) -> Entry:
         items = ItemEncoder(encoder, settings)
-        limits = CustomTableLimits(
-            settings.max_custom_tables, settings.max_custom_table_labels, settings.max_text_chars
-        )
-        custom_tables = RemoteCustomTables(encoder, limits)
+        custom_tables = RemoteCustomTables(encoder, CustomTableLimits.of(settings))
         interrogation = None
         if captioner is not None:
             interrogation = InterrogationPipeline(
