@@ -2,11 +2,12 @@
 
 Each image goes through ``decode_image`` and both libraries' 224 px preprocessing
 (open_clip's and transformers', as configured by the generated tiny models; full-size
-ViT-B-32 preprocessing is the same) in a fresh ``benchmarks/decode_worker.py`` process, which
-reports its peak RSS growth (VmHWM reset, freed heap handed back first). Images: blank
-(so a PNG of 40 Mpx is ~0.2 MB and passes ``MAX_BODY_BYTES``) at ``MAX_IMAGE_PIXELS`` in
-every mode family, at the aspect-ratio limit with as many pixels as allowed, and with a
-1-pixel shorter side at the aspect-ratio limit (the preprocessing scales it up to 224 px).
+ViT-B-32 preprocessing is the same) in a fresh ``clip_service.testing.decode_worker``
+process, which reports its peak RSS growth (VmHWM reset, freed heap handed back first).
+Images: blank (so a PNG of 40 Mpx is ~0.2 MB and passes ``MAX_BODY_BYTES``) at
+``MAX_IMAGE_PIXELS`` in every mode family, at the aspect-ratio limit with as many pixels as
+allowed, and with a 1-pixel shorter side at the aspect-ratio limit (the preprocessing scales
+it up to 224 px).
 
     python benchmarks/image_memory.py [--max-pixels 40000000]
 """
@@ -14,57 +15,21 @@ every mode family, at the aspect-ratio limit with as many pixels as allowed, and
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import tempfile
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import header, markdown_table, write_results
-from benchmarks.decode_worker import DecodeWorker
 from clip_service.inputs.images import MAX_ASPECT_RATIO
-from clip_service.models.factory import load_clip_model
-from clip_service.models.specs import parse_clip_spec
 from clip_service.settings import Settings
+from clip_service.testing.decode_worker import (
+    DecodeWorker,
+    blank_image,
+    largest_images,
+    preprocess_configs,
+)
 from clip_service.testing.tiny_models import make_all
-
-
-def blank(mode: str, size: tuple[int, int]) -> bytes:
-    """A blank image of ``mode`` in a format that stores it (F: TIFF, CMYK: JPEG)."""
-    buffer = io.BytesIO()
-    image = Image.new(mode, size)
-    if mode == "F":
-        image.save(buffer, "TIFF", compression="tiff_adobe_deflate")
-    elif mode == "CMYK":
-        image.save(buffer, "JPEG")
-    else:
-        image.save(buffer, "PNG", **({"transparency": 0} if mode == "P" else {}))
-    return buffer.getvalue()
-
-
-def cases(max_pixels: int) -> dict[str, tuple[str, tuple[int, int]]]:
-    side = int(max_pixels**0.5)
-    short = int((max_pixels / MAX_ASPECT_RATIO) ** 0.5)
-    found = {f"{mode} {side}x{side}": (mode, (side, side)) for mode in
-             ("RGB", "RGBA", "LA", "P", "I;16", "F", "CMYK")}  # fmt: skip
-    long = short * MAX_ASPECT_RATIO
-    found[f"RGBA {long}x{short}"] = ("RGBA", (long, short))
-    found[f"RGB {MAX_ASPECT_RATIO}x1"] = ("RGB", (MAX_ASPECT_RATIO, 1))
-    found[f"RGB 1x{MAX_ASPECT_RATIO}"] = ("RGB", (1, MAX_ASPECT_RATIO))
-    return found
-
-
-def preprocess_configs(models: dict[str, Path]) -> list[dict]:
-    """Both CLIP formats' preprocessing, as the generated tiny ``models`` configure it."""
-    specs = [f"local-dir:{models['open-clip']}", str(models["hf-clip"])]
-    return [
-        load_clip_model(
-            parse_clip_spec(spec), "cpu", image_runtime="torch"
-        ).preprocess_config.model_dump(mode="json")
-        for spec in specs
-    ]
 
 
 def main() -> None:
@@ -75,15 +40,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         configs = preprocess_configs(make_all(Path(directory)))
     rows = []
-    for name, (mode, size) in cases(args.max_pixels).items():
+    for name, (mode, size) in largest_images(args.max_pixels).items():
         config = {
             "max_pixels": args.max_pixels,
             "preprocess": configs,
-            "warm_up": [blank(mode, (64, 64)).hex()],
+            "warm_up": [blank_image(mode, (64, 64)).hex()],
         }
         worker = DecodeWorker(config, timeout_s=600)
         try:
-            data = blank(mode, size)
+            data = blank_image(mode, size)
             result = worker.run(data)
         finally:
             worker.stop()

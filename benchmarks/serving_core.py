@@ -64,8 +64,8 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.serving_throughput import TEXT, ceiling, embedding_dim, make_jpeg
-from benchmarks.soak import sample_rss, server_processes
 from clip_service.interrogation.labels import read_label_tables
+from clip_service.testing.soak import sample_rss, server_processes
 from tests.conftest import free_port, metric_total
 
 SERVICES = ("ClipApi", "ClipEncoder", "BlipCaptioner")

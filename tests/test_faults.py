@@ -16,7 +16,7 @@ import aiohttp
 import psutil
 import pytest
 
-from benchmarks.soak import process_name, server_processes
+from clip_service.testing.soak import process_name, server_processes
 from tests.conftest import b64, image_bytes, make_image
 
 pytestmark = pytest.mark.served

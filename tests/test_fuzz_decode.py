@@ -3,9 +3,10 @@
 Seeds (``tests/image_seeds.py``): a valid file per format and variant, written by Pillow or
 built from the plugin's own header code. Hypothesis mutates them: bytes and integers at
 header offsets, the width and height fields (found by the seeds' distinctive 37 x 23),
-truncation, insertion, deletion and splices. Each case runs in ``benchmarks/decode_worker.py``:
-``decode_image`` and then both model libraries' preprocessing (open_clip's and
-transformers', as the tiny models configure them), i.e. the entry service's per-image work.
+truncation, insertion, deletion and splices. Each case runs in
+``clip_service.testing.decode_worker``: ``decode_image`` and then both model libraries'
+preprocessing (open_clip's and transformers', as the tiny models configure them), i.e. the
+entry service's per-image work.
 
 Allowed outcomes: an RGB image within the limits, or ``InvalidInput`` (400) /
 ``PayloadTooLarge`` (413). Never another exception, a crash or a hang (``CASE_TIMEOUT_S``),
@@ -31,9 +32,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from benchmarks import image_memory
-from benchmarks.decode_worker import DecodeWorker
 from clip_service.inputs.images import MAX_ASPECT_RATIO
+from clip_service.testing.decode_worker import (
+    DecodeWorker,
+    blank_image,
+    largest_images,
+)
+from clip_service.testing.decode_worker import (
+    preprocess_configs as build_preprocess_configs,
+)
 from tests.image_seeds import SIZE, seeds
 
 pytestmark = pytest.mark.slow  # ~4,900 cases: the full tier
@@ -122,7 +129,7 @@ def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def preprocess_configs(tiny_models) -> list[dict]:
     """Both libraries' preprocessing, as the generated tiny models configure it."""
-    return image_memory.preprocess_configs(tiny_models)
+    return build_preprocess_configs(tiny_models)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +138,7 @@ def worker(preprocess_configs) -> Iterator[DecodeWorker]:
         "max_pixels": MAX_PIXELS,
         "preprocess": preprocess_configs,
         "warm_up": [data.hex() for data in SEEDS.values()]
-        + [image_memory.blank(mode, size).hex() for mode, size in LARGEST.values()],
+        + [blank_image(mode, size).hex() for mode, size in LARGEST.values()],
     }
     decode_worker = DecodeWorker(config, timeout_s=CASE_TIMEOUT_S)
     decode_worker.start()
@@ -222,13 +229,13 @@ def test_mutated_seed(worker, tally, key):
 # --- the memory bound, on the largest images the limits accept -----------------------
 
 
-LARGEST = image_memory.cases(MAX_PIXELS)
+LARGEST = largest_images(MAX_PIXELS)
 
 
 @pytest.mark.parametrize("name", list(LARGEST))
 def test_largest_accepted_images_stay_within_the_memory_bound(worker, name):
     mode, size = LARGEST[name]
-    result = worker.run(image_memory.blank(mode, size))
+    result = worker.run(blank_image(mode, size))
     assert result["outcome"] == "ok", result
     check(result)
     growth = result["peak_growth_bytes"]

@@ -11,7 +11,7 @@ byte here, for every route (the Starlette-mounted /embeddings too):
 * raw and url-encoded bodies under any Content-Type.
 
 Every answer must be a 2xx with a JSON body, or a 4xx in the one error shape naming a
-field. Images are generated (benchmarks/hostile_corpus.py, tests/image_seeds.py); no text
+field. Images are generated (clip_service/testing/hostile_corpus.py, tests/image_seeds.py); no text
 holds a ":", so nothing is a URL but the loopback and private ones in ``SAFE_URIS``, which
 the server refuses unfetched. Routes that rank label tables (/interrogate, /analyze,
 /extract_text) only get images the decoder refuses: a good one would start the label-table
@@ -34,7 +34,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.hostile_corpus import (
+from clip_service.testing.hostile_corpus import (
     SAFE_URIS,
     Part,
     error_message,

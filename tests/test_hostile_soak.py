@@ -1,4 +1,4 @@
-"""A CI-sized hostile soak: benchmarks/hostile_soak.py (its own process) for 45 s, 200
+"""A CI-sized hostile soak: clip_service/testing/hostile_soak.py (its own process) for 45 s, 200
 concurrent clients, a fifth of the requests hostile, against the session server. Every good
 request must get a 200 with the vectors it gets alone, every bad one the 4xx it gets alone,
 nothing else, and the server's memory must stay flat."""
@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from benchmarks.hostile_corpus import bad_requests, good_requests
-from tests.conftest import REPO
+from clip_service.testing.hostile_corpus import bad_requests, good_requests
 
 pytestmark = pytest.mark.served
 
@@ -29,7 +28,7 @@ BAD_KINDS = {f"bad {request.path}" for request in bad_requests()}
 
 def test_hostile_soak(open_clip_url, tmp_path):
     report_path = tmp_path / "hostile_soak.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "hostile_soak.py"), "--url", open_clip_url]
+    command = [sys.executable, "-m", "clip_service.testing.hostile_soak", "--url", open_clip_url]
     options = ["--clients", "200", "--duration", str(DURATION_S), "--warmup", str(WARMUP_S)]
     limits = ["--max-growth-mib", str(MAX_GROWTH_MIB), "--json", str(report_path)]
     result = subprocess.run(

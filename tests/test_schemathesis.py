@@ -50,7 +50,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from benchmarks.hostile_corpus import error_message
+from clip_service.testing.hostile_corpus import error_message
 
 pytestmark = pytest.mark.served
 

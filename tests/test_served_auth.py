@@ -12,7 +12,7 @@ import openai
 import pytest
 from selenium.webdriver.common.by import By
 
-from benchmarks.hostile_corpus import error_message
+from clip_service.testing.hostile_corpus import error_message
 from tests.conftest import REPO, free_port, image_bytes, make_image, serve_env, served
 from tests.test_ui_browser import click, wait_for, wait_rows, wait_text
 

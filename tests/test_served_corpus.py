@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, features
 
-from benchmarks.hostile_corpus import hostile_images
+from clip_service.testing.hostile_corpus import hostile_images
 from tests.conftest import b64, image_bytes, make_image, served
 
 pytestmark = pytest.mark.served
@@ -211,7 +211,7 @@ BAD: dict[str, Bad] = {
         _png_bomb(8000, 8000), status=413, problem=r"^image of 64000000 pixels exceeds"
     ),
     "svg": Bad(SVG, problem=r"not a readable image"),
-    # Every image the hostile corpus holds (benchmarks/hostile_corpus.py): plugin errors
+    # Every image the hostile corpus holds (clip_service/testing/hostile_corpus.py): plugin errors
     # (DDS, AVIF), the 300000x1 strip, a frame over the limit inside an ICNS, EPS, ...
     **{
         name: Bad(data, status=status, problem=problem)

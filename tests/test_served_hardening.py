@@ -20,7 +20,7 @@ import httpx
 import psutil
 import pytest
 
-from benchmarks.hostile_corpus import error_message
+from clip_service.testing.hostile_corpus import error_message
 from tests.conftest import (
     REPO,
     _wait_ready,

@@ -1,4 +1,4 @@
-"""The hostile corpus (benchmarks/hostile_corpus.py) against a served instance, one request
+"""The hostile corpus (clip_service.testing.hostile_corpus) against a served instance, one request
 at a time: each named bad request gets exactly its 4xx, in the one error shape, naming its
 field; each good request gets a 200. These are the regression tests for what issue 12's
 corpus and this project's fuzzing found through HTTP (500s from Pillow plugins on every
@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from benchmarks.hostile_corpus import bad_requests, cosine, error_message, good_requests
+from clip_service.testing.hostile_corpus import bad_requests, cosine, error_message, good_requests
 
 pytestmark = pytest.mark.served
 

@@ -1,4 +1,4 @@
-"""A CI-sized soak: benchmarks/soak.py's mixed traffic from 64 clients (its own process)
+"""A CI-sized soak: clip_service/testing/soak.py's mixed traffic from 64 clients (its own process)
 against the session server; every request accounted for, memory growth bounded."""
 
 from __future__ import annotations
@@ -8,8 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
-from tests.conftest import REPO
 
 pytestmark = pytest.mark.served
 
@@ -43,7 +41,7 @@ def assert_served(report: dict) -> None:
 
 def test_soak_accounts_for_every_request_and_memory_stays_bounded(open_clip_url, tmp_path):
     report_path = tmp_path / "soak.json"
-    command = [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--url", open_clip_url]
+    command = [sys.executable, "-m", "clip_service.testing.soak", "--url", open_clip_url]
     options = ["--clients", "64", "--duration", str(DURATION_S), "--warmup", "5"]
     limits = ["--request-timeout", "120", "--max-growth-mib", str(MAX_GROWTH_MIB)]
     result = subprocess.run(

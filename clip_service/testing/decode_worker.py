@@ -1,7 +1,7 @@
 """The entry service's per-image work on untrusted bytes, in a process of its own: a hang
 or a crash cannot take the caller down, and the process's peak memory (VmHWM, reset before
 each input) is what one input cost. Used by the decoder fuzz (tests/test_fuzz_decode.py)
-and by benchmarks/image_memory.py.
+and by benchmarks/image_memory.py, with the images at the limits made here.
 
 The parent (:class:`DecodeWorker`) sends length-prefixed inputs on stdin; for each, the
 worker runs :func:`clip_service.inputs.images.decode_image` and then every given model
@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import io
 import json
-import os
 import re
 import select
 import struct
@@ -27,7 +26,10 @@ import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
-REPO = Path(__file__).resolve().parents[1]
+from PIL import Image
+
+from clip_service.inputs.images import MAX_ASPECT_RATIO
+
 _HEADER = struct.Struct("<I")
 
 
@@ -118,14 +120,8 @@ class DecodeWorker:
         self.cases = 0
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-        }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.decode_worker"],
-            cwd=REPO,
-            env=env,
+            [sys.executable, "-m", "clip_service.testing.decode_worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -171,6 +167,47 @@ class DecodeWorker:
         stream: BinaryIO = self.process.stdout  # type: ignore[assignment]
         ready, _, _ = select.select([stream], [], [], timeout_s)
         return stream.readline() if ready else None
+
+
+def blank_image(mode: str, size: tuple[int, int]) -> bytes:
+    """A blank image of ``mode`` in a format that stores it (F: TIFF, CMYK: JPEG)."""
+    buffer = io.BytesIO()
+    image = Image.new(mode, size)
+    if mode == "F":
+        image.save(buffer, "TIFF", compression="tiff_adobe_deflate")
+    elif mode == "CMYK":
+        image.save(buffer, "JPEG")
+    else:
+        image.save(buffer, "PNG", **({"transparency": 0} if mode == "P" else {}))
+    return buffer.getvalue()
+
+
+def largest_images(max_pixels: int) -> dict[str, tuple[str, tuple[int, int]]]:
+    """The largest images the limits take, by name: a square at ``max_pixels`` in every
+    mode family, the aspect-ratio limit with as many pixels as allowed, and 1-pixel strips."""
+    side = int(max_pixels**0.5)
+    short = int((max_pixels / MAX_ASPECT_RATIO) ** 0.5)
+    found = {f"{mode} {side}x{side}": (mode, (side, side)) for mode in
+             ("RGB", "RGBA", "LA", "P", "I;16", "F", "CMYK")}  # fmt: skip
+    long = short * MAX_ASPECT_RATIO
+    found[f"RGBA {long}x{short}"] = ("RGBA", (long, short))
+    found[f"RGB {MAX_ASPECT_RATIO}x1"] = ("RGB", (MAX_ASPECT_RATIO, 1))
+    found[f"RGB 1x{MAX_ASPECT_RATIO}"] = ("RGB", (1, MAX_ASPECT_RATIO))
+    return found
+
+
+def preprocess_configs(models: dict[str, Path]) -> list[dict]:
+    """Both CLIP formats' preprocessing, as the generated tiny ``models`` configure it."""
+    from clip_service.models.factory import load_clip_model  # torch: not in the worker
+    from clip_service.models.specs import parse_clip_spec
+
+    specs = [f"local-dir:{models['open-clip']}", str(models["hf-clip"])]
+    return [
+        load_clip_model(
+            parse_clip_spec(spec), "cpu", image_runtime="torch"
+        ).preprocess_config.model_dump(mode="json")
+        for spec in specs
+    ]
 
 
 if __name__ == "__main__":

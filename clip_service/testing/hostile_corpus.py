@@ -1,6 +1,6 @@
 """Hostile and good requests for every route, built here (nothing committed), for the
-hostile-load soak (benchmarks/hostile_soak.py) and the served tests (tests/test_served_hostile.py,
-tests/test_fuzz_http.py).
+hostile-load soak (clip_service.testing.hostile_soak) and the served tests
+(tests/test_served_hostile.py, tests/test_fuzz_http.py).
 
 * :func:`bad_requests`: named requests that must be refused with a given 4xx whose error
   names a given field: the failures of issue 12's corpus (plugin errors on every image

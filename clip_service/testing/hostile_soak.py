@@ -1,7 +1,7 @@
 """Hostile-load soak: many concurrent clients, a share of them hostile, against a running server.
 
 ``--clients`` aiohttp clients (200 by default) send, for ``--warmup`` + ``--duration``
-seconds, requests drawn from benchmarks/hostile_corpus.py: good ones of every kind
+seconds, requests drawn from clip_service/testing/hostile_corpus.py: good ones of every kind
 (``/encode`` texts and images, base64 wrapped as ``base64`` writes it, ``/rank``,
 ``/classify``, ``/vectorize`` raw and as a form, ``/embeddings``, ``/v1/embeddings``,
 ``/tag`` with a 300-character file name) and, with probability ``--bad-share`` (a fifth),
@@ -21,7 +21,7 @@ Before the load, each good request is sent alone and its answer kept. Under load
 Exit status 0 only if all of that held; ``--json`` writes the report.
 
     bentoml serve --port 3000 &
-    python benchmarks/hostile_soak.py --url http://127.0.0.1:3000 --duration 300
+    python -m clip_service.testing.hostile_soak --url http://127.0.0.1:3000 --duration 300
 """
 
 from __future__ import annotations
@@ -41,15 +41,14 @@ from urllib.parse import urlparse
 import aiohttp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.hostile_corpus import (
+from clip_service.testing.hostile_corpus import (
     Request,
     bad_requests,
     cosine,
     error_message,
     good_requests,
 )
-from benchmarks.soak import memory_report, sample_memory, sample_rss, server_processes
+from clip_service.testing.soak import memory_report, sample_memory, sample_rss, server_processes
 
 
 @dataclass

@@ -16,7 +16,7 @@ Exit status 0 only if nothing was lost, hung or timed out, every status was allo
 the growth stayed within ``--max-growth-mib`` (when given). ``--json`` writes the report.
 
     bentoml serve --port 3000 &
-    python benchmarks/soak.py --url http://127.0.0.1:3000 --duration 600
+    python -m clip_service.testing.soak --url http://127.0.0.1:3000 --duration 600
 """
 
 from __future__ import annotations
