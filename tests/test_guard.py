@@ -136,3 +136,20 @@ def test_classify_characters_count_each_label_in_the_template():
     check_classify_chars(["cat", "dog"], "a photo of a {}", 2 * 16)  # "a photo of a cat" x 2
     with pytest.raises(InvalidInput, match=r"^labels: 2 labels in the template make 32 char"):
         check_classify_chars(["cat", "dog"], "a photo of a {}", 31)
+
+
+def test_routes_take_the_serving_entrys_guard_built_from_its_settings(monkeypatch, tmp_path):
+    """The limits are the entry's (its settings, read when the service starts), not read
+    when the routes are declared: a test's or a deployment's settings apply."""
+    from clip_service.server.entry import Entry
+    from clip_service.server.routes.common import guard
+    from clip_service.settings import Settings
+
+    settings = Settings(request_timeout_s=0.3, max_concurrency=7, jobs_db=tmp_path / "jobs.db")
+    entry = Entry.build(settings, encoder=object(), captioner=None, dependencies=())
+    assert (entry.guard.timeout_s, entry.guard.max_concurrency) == (0.3, 7)
+    monkeypatch.setattr(bentoml, "get_current_service", lambda: type("Api", (), {"entry": entry}))
+    app = Starlette(routes=[Route("/slow", guard(slow))])
+    (late,) = run(app, ("/slow?s=5", 0))
+    assert late.status_code == 504
+    assert late.json()["error"].startswith("timeout: no answer within 0.3 s")

@@ -13,6 +13,7 @@ from clip_service.scheduling import Admission
 from clip_service.server.classify import Classifier
 from clip_service.server.custom_tables import CustomTablesEncoder, RemoteCustomTables
 from clip_service.server.encoding import EncoderClient, ItemEncoder
+from clip_service.server.guard import RouteGuard
 from clip_service.server.interrogation import (
     CaptionerClient,
     InterrogatingEncoder,
@@ -38,6 +39,8 @@ class Entry:
     openai: OpenAIEmbeddings
     weaviate: WeaviateVectorizer
     jobs: JobRegistry
+    # Every route's deadline, in-flight limit and error answers (``routes.common.guard``).
+    guard: RouteGuard
     # None when this deployment serves CLIP only (CAPTION_MODEL=none).
     interrogation: InterrogationPipeline | None
     # The model services' BentoML clients, whose /readyz the entry's readiness asks.
@@ -78,6 +81,7 @@ class Entry:
             openai=OpenAIEmbeddings(items),
             weaviate=WeaviateVectorizer(items, settings.max_items, settings.max_json_depth),
             jobs=jobs,
+            guard=RouteGuard(settings.request_timeout_s, settings.max_concurrency),
             interrogation=interrogation,
             dependencies=dependencies,
         )

@@ -33,7 +33,8 @@ RETRY_AFTER_S = 5
 
 
 class RouteGuard:
-    """Decorates routes (``@guard``); one instance holds the in-flight count of them all."""
+    """Guards routes (``run``, or as a decorator); one instance holds the in-flight count of
+    all the routes it guards: the serving entry's (``Entry.guard``) guards every route."""
 
     def __init__(self, timeout_s: float, max_concurrency: int = 0) -> None:
         self.timeout_s, self.max_concurrency = timeout_s, max_concurrency
@@ -42,21 +43,25 @@ class RouteGuard:
     def __call__(self, route: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]:
         @functools.wraps(route)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
-            if self.max_concurrency and self.in_flight >= self.max_concurrency:
-                return _refused(429, f"too many requests: {self.max_concurrency} already in flight")
-            self.in_flight += 1
-            try:
-                async with deadlines.within(self.timeout_s):
-                    return await route(*args, **kwargs)
-            except TimeoutError:
-                refusal = _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
-                return _for_context(refusal, args, kwargs)
-            except RequestError as exc:
-                return _for_context(error_response(exc), args, kwargs)
-            finally:
-                self.in_flight -= 1
+            return await self.run(route, *args, **kwargs)
 
         return guarded
+
+    async def run(self, route: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        """``route(*args, **kwargs)`` under this guard: its answer, or the refusal."""
+        if self.max_concurrency and self.in_flight >= self.max_concurrency:
+            return _refused(429, f"too many requests: {self.max_concurrency} already in flight")
+        self.in_flight += 1
+        try:
+            async with deadlines.within(self.timeout_s):
+                return await route(*args, **kwargs)
+        except TimeoutError:
+            refusal = _refused(504, f"timeout: no answer within {self.timeout_s:g} s")
+            return _for_context(refusal, args, kwargs)
+        except RequestError as exc:
+            return _for_context(error_response(exc), args, kwargs)
+        finally:
+            self.in_flight -= 1
 
 
 def _for_context(response: JSONResponse, args: tuple, kwargs: dict) -> JSONResponse:

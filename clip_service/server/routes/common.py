@@ -1,24 +1,22 @@
-"""What every route module shares: the guard, the limits that are part of the OpenAPI
-document (read from the settings when the service is imported), and the entry."""
+"""What every route module shares: the guard, the entry, and the limits that are part of
+the OpenAPI document (so read from the settings when the routes are declared)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec
 
 import bentoml
 from fastapi import Depends
 from pydantic import Field
 
 from clip_service.server.entry import Entry
-from clip_service.server.guard import RouteGuard
 from clip_service.settings import get_settings
 
-_settings = get_settings()
+P = ParamSpec("P")
 
-# One guard for every route: its deadline, the in-flight limit, errors as answers.
-guard = RouteGuard(_settings.request_timeout_s, _settings.max_concurrency)
-
-MAX_FLAVORS = _settings.max_flavors
+MAX_FLAVORS = get_settings().max_flavors
 MAX_LABELS = 1000
 MAX_EXTRA_TABLES = 8
 ExtraTables = Annotated[
@@ -34,3 +32,14 @@ async def current_entry() -> Entry:
 
 
 EntryDep = Annotated[Entry, Depends(current_entry)]
+
+
+def guard(route: Callable[P, Awaitable[Any]]) -> Callable[P, Awaitable[Any]]:
+    """Run ``route`` under the serving entry's guard (``Entry.guard``: the deadline, the
+    in-flight limit and errors as answers, from the entry's settings)."""
+
+    @functools.wraps(route)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> Any:
+        return await (await current_entry()).guard.run(route, *args, **kwargs)
+
+    return guarded
