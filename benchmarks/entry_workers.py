@@ -11,89 +11,60 @@ alternating, so drift on a shared machine hits both counts alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
-import tempfile
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (
-    bentoml_command,
-    bentoml_env,
-    header,
-    markdown_table,
-    model_answer,
-    run_loadgen,
-    server_process,
-    versions,
-    write_results,
-)
-from benchmarks.serving_throughput import make_jpeg
-from tests.conftest import free_port
+from harness import Scenario, load, make_jpeg, table, write
 
 
-def measure(workers: int, settings: dict[str, str], jpeg: Path, args, work: Path) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = bentoml_env(work / f"home-{workers}", {**settings, "ENTRY_WORKERS": str(workers)})
-    with server_process(
-        f"entry-workers-{workers}", bentoml_command(port), f"{url}/readyz", work, env=env
-    ):
-        options = ["--concurrency", str(args.clients), "--warmup", str(args.warmup)]
-        report = run_loadgen(
-            f"{url}/vectorize", jpeg, "image/jpeg", *options, "--duration", str(args.duration)
-        )
-        report["model"] = model_answer(url)
+def measure(scenario: Scenario, workers: int, settings: dict[str, str]) -> dict:
+    args, jpeg = scenario.args, scenario.work / "image.jpg"
+    name = f"entry-workers-{workers}"
+    with scenario.serve(name, {**settings, "ENTRY_WORKERS": str(workers)}) as server:
+        report = load(
+            f"{server.url}/vectorize", jpeg, "image/jpeg",
+            concurrency=args.clients, warmup=args.warmup, duration=args.duration,
+        )  # fmt: skip
+        report["model"] = server.get("/model").text.strip()
     assert report["errors"] == 0 and report["statuses"] == {"200": report["requests"]}, report
     return report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=Path("/work/bench-models"))
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--duration", type=float, default=20, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=8, help="unmeasured seconds")
-    parser.add_argument("--rounds", type=int, default=2, help="per worker count, alternating")
-    parser.add_argument("--out", type=Path, help="default benchmarks/results/entry_workers.md")
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="bench-entry-workers-"))
-    jpeg = work / "image.jpg"
-    make_jpeg(jpeg)
-    settings = {"CLIP_MODEL": str((args.models / "hf-clip").resolve()), "CAPTION_MODEL": "none"}
+    scenario = Scenario("entry_workers", __doc__)
+    scenario.arg("--clients", type=int, default=32)
+    scenario.arg("--duration", type=float, default=20, help="measured seconds")
+    scenario.arg("--warmup", type=float, default=8, help="unmeasured seconds")
+    scenario.arg("--rounds", type=int, default=2, help="per worker count, alternating")
+    args = scenario.parse()
+    write(scenario.work / "image.jpg", make_jpeg())
+    settings = {"CLIP_MODEL": str(scenario.model_dir("hf-clip")), "CAPTION_MODEL": "none"}
+    settings |= scenario.server_env()
     reports: dict[int, list[dict]] = {1: [], 2: []}
     for _ in range(args.rounds):
-        for workers in reports:
-            reports[workers].append(measure(workers, settings, jpeg, args, work))
-            print(workers, "workers:", f"{reports[workers][-1]['throughput']:.1f} img/s")
+        for workers, runs in reports.items():
+            runs.append(measure(scenario, workers, settings))
+            print(workers, "workers:", f"{runs[-1]['throughput']:.1f} img/s", flush=True)
 
     rows, medians = [], {}
     for workers, runs in reports.items():
         medians[workers] = statistics.median(r["throughput"] for r in runs)
-        p50 = statistics.median(r["p50"] for r in runs)
-        p99 = statistics.median(r["p99"] for r in runs)
+        p50, p99 = (statistics.median(r[p] for r in runs) for p in ("p50", "p99"))
         each = ", ".join(f"{r['throughput']:.1f}" for r in runs)
         rows.append([workers, f"{medians[workers]:.1f}", each, f"{p50:.0f}", f"{p99:.0f}"])
     lines = {
-        "versions": versions(),
         "model": f"{settings['CLIP_MODEL']} (ViT-B-32, random weights), CAPTION_MODEL=none",
         "load": f"{args.clients} closed-loop clients POST a 320x240 JPEG to /vectorize, "
         f"{args.warmup:g} s warm-up, {args.duration:g} s measured, {args.rounds} rounds per "
         "worker count, alternating, a fresh server each",
         "served model": f"`{reports[1][0]['model']}`",
     }
-    ratio = medians[2] / medians[1]
-    text = (
-        header("Entry workers: served /vectorize at 1 and 2 entry workers", lines)
-        + "\n"
-        + markdown_table(
-            ["ENTRY_WORKERS", "img/s (median)", "img/s per round", "p50 ms", "p99 ms"], rows
-        )
-        + f"\n2 workers / 1 worker: **{ratio:.2f}x**.\n"
+    head = ["ENTRY_WORKERS", "img/s (median)", "img/s per round", "p50 ms", "p99 ms"]
+    scenario.write(
+        "Entry workers: served /vectorize at 1 and 2 entry workers",
+        lines,
+        table(head, rows),
+        f"2 workers / 1 worker: **{medians[2] / medians[1]:.2f}x**.\n",
     )
-    write_results("entry_workers", text, args.out)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ vs in-process speed, in one run (``benchmarks/gpu_check.sh`` prepares Python and
 Steps, each server started and stopped in turn (load from ``benchmarks/loadgen.py``):
 
 1. in process (transformers format, the served model code): one text and one image at a
-   time (latency), and ``serving_throughput.ceiling``'s model loop per batch size;
+   time (latency), and ``harness.model_loop``'s model loop per batch size;
 2. server A, transformers format, CLIP only: parity (below), then one text and one image
    one after another and ``/vectorize`` at ``--clients`` clients;
 3. server B, open_clip format (the same weights) with BLIP and label tables seeded on both
-   sides (``common.seed_label_cache``, handed to the library in its cache format): parity,
+   sides (``harness.seed_label_cache``, handed to the library in its cache format): parity,
    then each mode's served prompt vs 0.6.0's ``Interrogator`` in this process on the same
    device, with the same models in the precision 0.6.0 loads them in (fp16 on CUDA).
 
@@ -32,44 +32,42 @@ import argparse
 import base64
 import gc
 import importlib.metadata
-import io
-import json
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
+from harness import (
+    TEXT,
+    Scenario,
+    Server,
+    embedding_dim,
+    latency,
+    load,
+    make_jpeg,
+    model_loop,
+    production_encoder,
+    seed_label_cache,
+    table,
+    times,
+    write,
+)
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (
-    bentoml_command,
-    bentoml_env,
-    header,
-    markdown_table,
-    production_encoder,
-    run_loadgen,
-    seed_label_cache,
-    server_process,
-    tables_built_in_log,
-    versions,
-    wait_for_tables,
-    write_results,
-)
-from benchmarks.interrogation_modes import LIBRARY_MODEL_NAME, MODES, library_interrogator
-from benchmarks.serving_core import in_process_latency
-from benchmarks.serving_throughput import TEXT, ceiling, embedding_dim, make_jpeg
 from clip_service.inputs.images import decode_image
 from clip_service.models.image_runtime import min_cosine
 from clip_service.models.preprocess import build_preprocessor
-from tests.conftest import free_port, make_image, write_library_cache
+from clip_service.testing.upstream import (
+    LIBRARY_MODEL_NAME,
+    MODES,
+    library_interrogator,
+    open_clip_embeddings,
+    transformers_embeddings,
+)
+from tests.conftest import image_bytes, make_image, write_library_cache
 
 MIN_COSINE = 0.999
 TEXTS = (
@@ -127,22 +125,11 @@ class Check:
         self.parity: list[tuple[str, str, int, float, bool]] = []
         self.prompts: list[tuple[str, float, float, bool]] = []
         self.speed: list[tuple[str, str, str, str]] = []
-        self.notes: dict[str, str] = {}
 
     @property
     def failed(self) -> list[str]:
         bad = [f"{b} {kind} cosine {c:.5f}" for b, kind, _, c, ok in self.parity if not ok]
         return bad + [f"{mode} prompt differs" for mode, _, _, same in self.prompts if not same]
-
-
-def png_images(n: int) -> list[bytes]:
-    """``n`` distinct noise images as PNG bytes (lossless: both sides decode the same pixels)."""
-    out = []
-    for seed in range(n):
-        buffer = io.BytesIO()
-        make_image(seed, (320, 240)).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 def served_vectors(url: str, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -155,65 +142,19 @@ def served_vectors(url: str, images: list[bytes]) -> tuple[np.ndarray, np.ndarra
     return vectors[: len(TEXTS)], vectors[len(TEXTS) :]
 
 
-@torch.inference_mode()
-def reference_open_clip(model_dir: Path, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """open_clip's own fp32 model, tokenizer and preprocessing, on the CPU."""
-    import open_clip
-
-    spec = f"local-dir:{model_dir}"
-    model, _, preprocess = open_clip.create_model_and_transforms(spec)
-    model.eval()
-    tokens = open_clip.get_tokenizer(spec)(list(TEXTS))
-    pixels = torch.stack([preprocess(Image.open(io.BytesIO(png)).convert("RGB")) for png in images])
-    return model.encode_text(tokens).numpy(), model.encode_image(pixels).numpy()
-
-
-@torch.inference_mode()
-def reference_transformers(model_dir: Path, images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """transformers' own fp32 CLIPModel and CLIPProcessor, on the CPU."""
-    from transformers import CLIPModel, CLIPProcessor
-
-    model = CLIPModel.from_pretrained(model_dir).eval()
-    processor = CLIPProcessor.from_pretrained(model_dir)
-    text_inputs = processor(text=list(TEXTS), padding=True, return_tensors="pt")
-    pil = [Image.open(io.BytesIO(png)).convert("RGB") for png in images]
-    image_inputs = processor(images=pil, return_tensors="pt")
-    texts = model.get_text_features(**text_inputs)
-    pictures = model.get_image_features(pixel_values=image_inputs["pixel_values"])
-    # transformers 5 may return an output object
-    return (
-        getattr(texts, "pooler_output", texts).numpy(),
-        getattr(pictures, "pooler_output", pictures).numpy(),
-    )
-
-
 def parity(check: Check, backend: str, url: str, model_dir: Path, images: list[bytes]) -> None:
     """Served (device, default precision) vs the library's fp32 on the CPU; >= MIN_COSINE."""
     served = served_vectors(url, images)
-    reference = (reference_open_clip if backend == "open_clip" else reference_transformers)(
-        model_dir, images
-    )
+    upstream = open_clip_embeddings if backend == "open_clip" else transformers_embeddings
+    reference = upstream(model_dir, TEXTS, images)
     for kind, ours, theirs in zip(("texts", "images"), served, reference, strict=True):
         cosine = min_cosine(ours, theirs)
         check.parity.append((backend, kind, len(ours), cosine, cosine >= MIN_COSINE))
         print(f"parity {backend} {kind}: min cosine {cosine:.6f}", flush=True)
 
 
-@contextmanager
-def serve(
-    name: str, settings: dict[str, str], work: Path, timeout_s: float
-) -> Iterator[tuple[str, Path]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = bentoml_env(work / f"bentoml-{name}", settings)
-    with server_process(
-        name, bentoml_command(port), f"{url}/readyz", work, env=env, timeout_s=timeout_s
-    ) as log:
-        yield url, log
-
-
-def served_model(url: str) -> str:
-    info = httpx.get(f"{url}/model", timeout=30).json()
+def served_model(server: Server) -> str:
+    info = server.model()
     return ", ".join(f"{k} {info[k]}" for k in ("backend", "device", "dtype", "precision"))
 
 
@@ -224,63 +165,56 @@ def in_process(
     model = production_encoder(settings)
     preprocess = build_preprocessor(model.info().preprocess)
     pixels = preprocess(decode_image(jpeg, "body", max_pixels=10**8))[None]
-    text = in_process_latency(lambda: model.encode_texts([TEXT]), args.probe_requests)["p50"]
-    image = in_process_latency(lambda: model.encode_images(pixels), args.probe_requests)["p50"]
+    text = latency(lambda: model.encode_texts([TEXT]), args.probe_requests)["p50"]
+    image = latency(lambda: model.encode_images(pixels), args.probe_requests)["p50"]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rows, best = ceiling(model, jpeg, sizes, args.ceiling_seconds)
-    for row in rows:
-        case = f"{row.system}, {row.kind}"
-        check.speed.append(("in process", case, row.clients, f"{row.throughput:.1f}/s"))
+    rows, best = model_loop(model, jpeg, sizes, args.ceiling_seconds)
+    for loop, kind, batch, rate in rows:
+        check.speed.append(("in process", f"{loop}, {kind}", batch, f"{rate:.1f}/s"))
     return {"text p50": text, "image p50": image, **best}
 
 
 def served_speed(
-    check: Check,
-    url: str,
-    work: Path,
-    jpeg: bytes,
-    local: dict[str, float],
-    args: argparse.Namespace,
+    check: Check, url: str, work: Path, jpeg: bytes, local: dict[str, float], args
 ) -> None:
     """One text and one image one after another, then /vectorize at ``--clients``."""
-    (work / "text.json").write_text(json.dumps([{"text": TEXT}]))
-    (work / "image.jpg").write_bytes(jpeg)
-    one = ("--concurrency", "1", "--requests", str(args.probe_requests))
-    text = run_loadgen(f"{url}/encode", work / "text.json", "application/json", *one)
-    image = run_loadgen(f"{url}/vectorize", work / "image.jpg", "image/jpeg", *one)
-    options = ("--concurrency", str(args.clients), "--warmup", "3", "--duration", "10")
-    load = run_loadgen(f"{url}/vectorize", work / "image.jpg", "image/jpeg", *options)
+    text_body, image_body = (
+        write(work / "text.json", [{"text": TEXT}]),
+        write(work / "image.jpg", jpeg),
+    )
+    n = args.probe_requests
+    text = load(f"{url}/encode", text_body, "application/json", concurrency=1, requests=n)
+    image = load(f"{url}/vectorize", image_body, "image/jpeg", concurrency=1, requests=n)
+    loop = load(
+        f"{url}/vectorize",
+        image_body,
+        "image/jpeg",
+        concurrency=args.clients,
+        warmup=3,
+        duration=10,
+    )
     for case, served, ours, theirs in (
         ("one /encode text, p50 ms", text, text["p50"], local["text p50"]),
         ("one /vectorize image, p50 ms", image, image["p50"], local["image p50"]),
-        (
-            f"/vectorize at {args.clients} clients vs model loop (best batch), img/s",
-            load,
-            load["throughput"],
-            local["image"],
-        ),
-        (
-            f"/vectorize at {args.clients} clients vs decode+preprocess+model loop, img/s",
-            load,
-            load["throughput"],
-            local["image+decode"],
-        ),
-    ):
+        (f"/vectorize at {args.clients} clients vs model loop (best batch), img/s",
+         loop, loop["throughput"], local["image"]),
+        (f"/vectorize at {args.clients} clients vs decode+preprocess+model loop, img/s",
+         loop, loop["throughput"], local["image+decode"]),
+    ):  # fmt: skip
         errors = f"; {served['errors']} errors" if served["errors"] else ""
-        ratio = f"{ours / theirs:.2f}x" if ours and theirs else "n/a"
+        ratio = times(ours, theirs)
         check.speed.append(("served vs in process", case, f"{ours:.1f} vs {theirs:.1f}", ratio))
         print(f"{case}: {ours:.1f} vs {theirs:.1f} ({ratio}){errors}", flush=True)
 
 
 def interrogation(
-    check: Check, url: str, models: dict[str, Path], cache: Path, args: argparse.Namespace
+    check: Check, url: str, models: dict[str, Path], cache: Path, scenario: Scenario
 ) -> None:
     """Each mode's served prompt vs 0.6.0's on ``args.device``, same models and tables."""
+    args = scenario.args
     library = library_interrogator(models, cache, args.device)
     image = make_image(7, (640, 480))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    blob = base64.b64encode(buffer.getvalue()).decode()
+    blob = base64.b64encode(image_bytes(image)).decode()
     flavors = {} if args.max_flavors is None else {"max_flavors": args.max_flavors}
     calls = {
         "fast": library.interrogate_fast,
@@ -301,14 +235,17 @@ def interrogation(
         check.prompts.append((mode, library_s, served_s, same))
         print(f"{mode}: library {library_s:.2f} s, served {served_s:.2f} s, same {same}")
         if not ok:
-            check.notes[f"{mode} prompts"] = f"served HTTP {response.status_code}: {response.text}"
+            scenario.notes[f"{mode} prompts"] = (
+                f"served HTTP {response.status_code}: {response.text}"
+            )
         elif not same:
-            check.notes[f"{mode} prompts"] = (
+            scenario.notes[f"{mode} prompts"] = (
                 f"served `{response.json()['prompt']}`; clip-interrogator `{expected}`"
             )
 
 
-def report(check: Check, lines: dict[str, str], args: argparse.Namespace) -> str:
+def report(check: Check) -> list[str]:
+    """The verdict, then the parity, prompt and speed tables."""
     parity_rows = [
         (backend, kind, n, f"{cosine:.6f}", f">= {MIN_COSINE}", "yes" if ok else "NO")
         for backend, kind, n, cosine, ok in check.parity
@@ -318,36 +255,31 @@ def report(check: Check, lines: dict[str, str], args: argparse.Namespace) -> str
         for mode, lib, srv, same in check.prompts
     ]
     verdict = "FAILED: " + "; ".join(check.failed) if check.failed else "all parity checks passed"
-    return (
-        header("GPU check" + (" (dry run: CPU, tiny models)" if args.dry_run else ""), lines)
-        + f"\n**{verdict}**\n\n"
-        + markdown_table(
+    return [
+        f"**{verdict}**\n",
+        table(
             ["backend", "inputs", "n", "min cosine, served vs fp32 in process", "goal", "met"],
             parity_rows,
-        )
-        + "\n"
-        + markdown_table(
+        ),
+        table(
             ["mode", "clip-interrogator 0.6.0 (s)", "served (s)", "speed-up", "same prompt"],
             prompt_rows,
-        )
-        + "\n"
-        + markdown_table(["where", "case", "measured", "ratio / figure"], check.speed)
-    )
+        ),
+        table(["where", "case", "measured", "ratio / figure"], check.speed),
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, help="with open-clip/, hf-clip/ and blip/")
-    parser.add_argument("--dry-run", action="store_true", help="on the CPU (tiny models)")
-    parser.add_argument("--list-wheels", action="store_true", help="print them and stop")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--probe-requests", type=int, default=50)
-    parser.add_argument("--batch-sizes", default="1,8,32,128", help="in-process model loop")
-    parser.add_argument("--ceiling-seconds", type=float, default=3, help="per batch size")
-    parser.add_argument("--max-flavors", type=int, help="both sides (default: 0.6.0's)")
-    parser.add_argument("--start-timeout", type=float, default=600)
-    parser.add_argument("--out", type=Path, help="default benchmarks/results/gpu_check.md")
-    args = parser.parse_args()
+    scenario = Scenario("gpu_check", __doc__, models=None)
+    scenario.arg("--dry-run", action="store_true", help="on the CPU (tiny models)")
+    scenario.arg("--list-wheels", action="store_true", help="print them and stop")
+    scenario.arg("--clients", type=int, default=32)
+    scenario.arg("--probe-requests", type=int, default=50)
+    scenario.arg("--batch-sizes", default="1,8,32,128", help="in-process model loop")
+    scenario.arg("--ceiling-seconds", type=float, default=3, help="per batch size")
+    scenario.arg("--max-flavors", type=int, help="both sides (default: 0.6.0's)")
+    scenario.parser.set_defaults(start_timeout=600)
+    args, work = scenario.parse(), scenario.work
     if args.list_wheels:
         print("\n".join(wheels_needed()))
         return 0
@@ -355,67 +287,54 @@ def main() -> int:
         print("gpu_check: no CUDA device (torch.cuda.is_available() is false); nothing run")
         return 2
     if args.models is None:
-        parser.error("--models is required")
+        scenario.parser.error("--models is required")
     args.device = "cpu" if args.dry_run else "cuda"
-    total = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    models = {name: (args.models / name).resolve() for name in ("open-clip", "hf-clip", "blip")}
-    jpeg = make_jpeg(work / "image.jpg")
-    images = png_images(4)
+    if args.dry_run and args.out is None:
+        args.out = work / "gpu_check-dry-run.md"
+    models = {name: scenario.model_dir(name) for name in ("open-clip", "hf-clip", "blip")}
+    jpeg = make_jpeg()
+    images = [image_bytes(make_image(seed, (320, 240))) for seed in range(4)]  # lossless
     check = Check()
-    timings: dict[str, float] = {}
-    common = {"DEVICE": args.device, "ONNX_CACHE_DIR": str(work / "onnx")}
+    common = {"DEVICE": args.device, "ONNX_CACHE_DIR": str(work / "onnx"), **scenario.server_env()}
 
-    start = time.perf_counter()
     hf = {**common, "CLIP_MODEL": str(models["hf-clip"]), "CAPTION_MODEL": "none"}
-    local = in_process(check, hf, jpeg, args)
-    gc.collect()  # the model goes before the servers start
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    timings["in process"] = time.perf_counter() - start
+    with scenario.step("in process"):
+        local = in_process(check, hf, jpeg, args)
+        gc.collect()  # the model goes before the servers start
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
-    start = time.perf_counter()
-    with serve("transformers", hf, work, args.start_timeout) as (url, _):
-        check.notes["server A GET /model"] = served_model(url)
-        parity(check, "transformers", url, models["hf-clip"], images)
-        served_speed(check, url, work, jpeg, local, args)
-    timings["server A"] = time.perf_counter() - start
+    with scenario.step("server A"), scenario.serve("transformers", hf) as server:
+        scenario.notes["server A GET /model"] = served_model(server)
+        parity(check, "transformers", server.url, models["hf-clip"], images)
+        served_speed(check, server.url, work, jpeg, local, args)
 
-    start = time.perf_counter()
     spec = f"local-dir:{models['open-clip']}"
-    oc = {
-        **common,
-        "CLIP_MODEL": spec,
-        "CAPTION_MODEL": str(models["blip"]),
-        "LABEL_CACHE_DIR": str(work / "served-tables"),
-    }
-    tables = seed_label_cache(work / "served-tables", spec, embedding_dim(models["open-clip"]))
-    embedded = [(name, t.table.hash, t.embeds) for name, t in tables.by_name.items()]
-    write_library_cache(work / "library-tables", LIBRARY_MODEL_NAME, embedded)
-    with serve("open_clip", oc, work, args.start_timeout) as (url, log):
-        check.notes["server B GET /model"] = served_model(url)
-        parity(check, "open_clip", url, models["open-clip"], images)
-        wait_for_tables(url, args.start_timeout)
-        interrogation(check, url, models, work / "library-tables", args)
-    if tables_built_in_log(log):
-        check.notes["warning"] = "server B built label tables (its seeded cache was unused)"
-    timings["server B"] = time.perf_counter() - start
+    oc = {**common, "CLIP_MODEL": spec, "CAPTION_MODEL": str(models["blip"])}
+    oc["LABEL_CACHE_DIR"] = str(work / "served-tables")
+    with scenario.step("server B"):
+        tables = seed_label_cache(work / "served-tables", spec, embedding_dim(models["open-clip"]))
+        embedded = [(name, t.table.hash, t.embeds) for name, t in tables.by_name.items()]
+        write_library_cache(work / "library-tables", LIBRARY_MODEL_NAME, embedded)
+        with scenario.serve("open_clip", oc) as server:
+            scenario.notes["server B GET /model"] = served_model(server)
+            parity(check, "open_clip", server.url, models["open-clip"], images)
+            server.wait_for_tables(args.start_timeout)
+            interrogation(check, server.url, models, work / "library-tables", scenario)
+        if server.built_tables():
+            scenario.notes["warning"] = "server B built label tables (its seeded cache was unused)"
 
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (dry run)"
-    timings["total"] = time.perf_counter() - total
     lines = {
-        "device": device,
-        "versions": versions({"cuda": str(torch.version.cuda)}),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "CPU (dry run)",
+        "cuda": str(torch.version.cuda),
         "models": ", ".join(str(path) for path in models.values()),
         "parity inputs": f"{len(TEXTS)} texts, {len(images)} 320x240 noise PNGs, one /encode",
         "interrogation": "one 640x480 noise PNG; label tables seeded (random unit vectors, "
         "float16), the same on both sides; max_flavors "
         + ("0.6.0's defaults" if args.max_flavors is None else str(args.max_flavors)),
-        "step durations": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
-        **check.notes,
     }
-    out = args.out or (work / "gpu_check-dry-run.md" if args.dry_run else None)
-    write_results("gpu_check", report(check, lines, args), out)
+    title = "GPU check" + (" (dry run: CPU, tiny models)" if args.dry_run else "")
+    scenario.write(title, lines, *report(check))
     if check.failed:
         print("gpu_check: FAILED: " + "; ".join(check.failed), flush=True)
         return 1

@@ -84,7 +84,7 @@ if [ "$mode" = dry-run ]; then
     args=(--dry-run)
 else
     echo "=== full-size random-weight models into $MODELS"
-    "$PY" benchmarks/full_size_models.py "$MODELS" || exit 3
+    "$PY" -m clip_service.testing.full_size_models "$MODELS" || exit 3
     args=()
 fi
 echo "=== models ready after $((SECONDS - start)) s"

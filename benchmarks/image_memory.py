@@ -14,13 +14,8 @@ it up to 224 px).
 
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
-from pathlib import Path
+from harness import Scenario, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import header, markdown_table, write_results
 from clip_service.inputs.images import MAX_ASPECT_RATIO
 from clip_service.settings import Settings
 from clip_service.testing.decode_worker import (
@@ -33,12 +28,10 @@ from clip_service.testing.tiny_models import make_all
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--max-pixels", type=int, default=Settings().max_image_pixels)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as directory:
-        configs = preprocess_configs(make_all(Path(directory)))
+    scenario = Scenario("image_memory", __doc__, models=None)
+    scenario.arg("--max-pixels", type=int, default=Settings().max_image_pixels)
+    args = scenario.parse()
+    configs = preprocess_configs(make_all(scenario.work / "tiny-models"))
     rows = []
     for name, (mode, size) in largest_images(args.max_pixels).items():
         config = {
@@ -54,27 +47,18 @@ def main() -> None:
             worker.stop()
         if result["outcome"] != "ok":
             raise SystemExit(f"{name}: {result}")
-        growth = result["peak_growth_bytes"]
-        pixels = size[0] * size[1]
+        growth, pixels = result["peak_growth_bytes"], size[0] * size[1]
         rows.append(
-            [
-                name,
-                f"{pixels:,}",
-                f"{len(data) / 2**10:,.0f}",
-                f"{growth / 2**20:,.0f}",
-                f"{growth / pixels:,.1f}",
-                f"{result['seconds']:.1f}",
-            ]
-        )
-    table = markdown_table(
-        ["image", "pixels", "body KiB", "peak growth MiB", "bytes per pixel", "seconds"], rows
-    )
+            [name, f"{pixels:,}", f"{len(data) / 2**10:,.0f}", f"{growth / 2**20:,.0f}",
+             f"{growth / pixels:,.1f}", f"{result['seconds']:.1f}"]
+        )  # fmt: skip
     lines = {
         "limits": f"MAX_IMAGE_PIXELS {args.max_pixels:,}, aspect ratio {MAX_ASPECT_RATIO}:1",
         "work": "decode_image, then open_clip's and transformers' 224 px preprocessing",
     }
-    text = header("Peak memory of one image's decoding and preprocessing", lines)
-    write_results("image_memory", text + "\n" + table, args.out)
+    head = ["image", "pixels", "body KiB", "peak growth MiB", "bytes per pixel", "seconds"]
+    title = "Peak memory of one image's decoding and preprocessing"
+    scenario.write(title, lines, table(head, rows))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,6 @@ and text embeddings with the fp32 eager model (cosine). Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
-import platform
-import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -21,14 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-import open_clip
 import torch
+from harness import Scenario, table
 
 from clip_service.models.clip import ClipModel
 from clip_service.models.factory import load_clip_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import cpu_name
 from clip_service.models.image_runtime import min_cosine
 from clip_service.models.specs import ClipSpec
 
@@ -71,37 +64,37 @@ def torch_int8_tower(fp32: ClipModel) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ViT-B-32", help="open_clip architecture")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--rounds", type=int, default=4)
-    args = parser.parse_args()
+    scenario = Scenario("image_tower", __doc__, models=None)
+    scenario.arg("--model", default="ViT-B-32", help="open_clip architecture")
+    scenario.arg("--batches", type=int, nargs="+", default=[1, 8])
+    scenario.arg("--rounds", type=int, default=4)
+    args = scenario.parse()
     warnings.filterwarnings("ignore")
 
     rng = np.random.default_rng(0)
     runs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     rows: dict[str, dict[str, object]] = {}
-    with tempfile.TemporaryDirectory() as cache:
-        for label, precision, runtime in CONFIGS:
-            clip, load_s = load(args.model, precision, runtime, Path(cache))
-            if not runs:
-                reference = clip
-                size = int(clip.model.visual.image_size[0])
-                check = rng.standard_normal((16, 3, size, size), dtype=np.float32)
-                expected_images = clip.encode_images(check)
-                expected_texts = clip.encode_texts(TEXTS)
-            info = clip.info()
-            runs[label] = clip.encode_images
-            rows[label] = {
-                "runtime": f"{info.image_runtime} / {info.precision}",
-                "load": load_s,
-                "image cos": min_cosine(clip.encode_images(check), expected_images),
-                "text cos": min_cosine(clip.encode_texts(TEXTS), expected_texts),
-            }
-        _, reload_s = load(args.model, "fp32", "onnx", Path(cache))
-        rows["fp32 onnxruntime"]["load"] = (
-            f"{rows['fp32 onnxruntime']['load']:.1f} (cached: {reload_s:.1f})"
-        )
+    cache = scenario.work / "onnx"
+    for label, precision, runtime in CONFIGS:
+        clip, load_s = load(args.model, precision, runtime, cache)
+        if not runs:
+            reference = clip
+            size = int(clip.model.visual.image_size[0])
+            check = rng.standard_normal((16, 3, size, size), dtype=np.float32)
+            expected_images = clip.encode_images(check)
+            expected_texts = clip.encode_texts(TEXTS)
+        info = clip.info()
+        runs[label] = clip.encode_images
+        rows[label] = {
+            "runtime": f"{info.image_runtime} / {info.precision}",
+            "load": load_s,
+            "image cos": min_cosine(clip.encode_images(check), expected_images),
+            "text cos": min_cosine(clip.encode_texts(TEXTS), expected_texts),
+        }
+    _, reload_s = load(args.model, "fp32", "onnx", cache)
+    rows["fp32 onnxruntime"]["load"] = (
+        f"{rows['fp32 onnxruntime']['load']:.1f} (cached: {reload_s:.1f})"
+    )
     label = "int8 torch quantize_dynamic (not offered)"
     runs[label] = torch_int8_tower(reference)
     rows[label] = {
@@ -127,30 +120,27 @@ def main() -> None:
         for name in runs:
             speeds[name, batch] = batch / best[name]
 
-    base = CONFIGS[0][0]
-    print(f"# Image tower, {args.model} (random weights), CPU\n")
-    print(
-        f"Machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}, open_clip {open_clip.__version__}, "
-        f"Python {platform.python_version()}.  "
-    )
-    print(f"Command: `python {' '.join(sys.argv)}` (best of {args.rounds} interleaved rounds).\n")
-    batch_cols = " | ".join(f"img/s b{b} (x eager)" for b in args.batches)
-    head = "configuration | runtime / precision | load s | min image cos | min text cos"
-    print(f"| {head} | {batch_cols} |")
-    print("|---" * (5 + len(args.batches)) + "|")
+    base, cells = CONFIGS[0][0], []
     for name, row in rows.items():
-        cells = [
-            f"{speeds[name, b]:.1f} ({speeds[name, b] / speeds[base, b]:.2f}x)"
-            for b in args.batches
-        ]
         load_cell = row["load"] if isinstance(row["load"], str) else f"{row['load']:.1f}"
         cos = [
             f"{row[k]:.6f}" if isinstance(row[k], float) else row[k]
             for k in ("image cos", "text cos")
         ]
-        cells = [str(row["runtime"]), load_cell, *cos, *cells]
-        print(f"| {name} | {' | '.join(cells)} |")
+        speed = [
+            f"{speeds[name, b]:.1f} ({speeds[name, b] / speeds[base, b]:.2f}x)"
+            for b in args.batches
+        ]
+        cells.append([name, row["runtime"], load_cell, *cos, *speed])
+    head = ["configuration", "runtime / precision", "load s", "min image cos", "min text cos"]
+    head += [f"img/s b{b} (x eager)" for b in args.batches]
+    lines = {
+        "model": f"{args.model} (open_clip, random weights), CPU",
+        "threads": str(torch.get_num_threads()),
+        "onnxruntime": onnxruntime.__version__,
+        "timing": f"best of {args.rounds} interleaved rounds",
+    }
+    scenario.write(f"Image tower, {args.model}: precisions and runtimes", lines, table(head, cells))
 
 
 if __name__ == "__main__":

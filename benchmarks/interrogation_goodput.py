@@ -16,12 +16,10 @@ once are far past what the deadline allows, as a few dozen full-size ones on a C
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,28 +28,13 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+from harness import REPO, Scenario, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (
-    REPO,
-    bentoml_command,
-    bentoml_env,
-    header,
-    markdown_table,
-    server_process,
-    versions,
-    wait_for_tables,
-    write_results,
-)
 from clip_service.testing.tiny_models import make_all
-from tests.conftest import free_port, image_bytes, make_image, metric_total
+from tests.conftest import image_bytes, make_image
 
-
-def interrogation_batches(url: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=30).text
-    return metric_total(
-        text, "clip_service_batch_size_count", service="ClipEncoder", priority="interrogation"
-    )
+BATCHES = "clip_service_batch_size_count"  # the encoder's, at interrogation priority:
+ENCODER = {"service": "ClipEncoder", "priority": "interrogation"}
 
 
 async def burst(url: str, body: dict, clients: int, timeout_s: float) -> list[tuple[int, float]]:
@@ -84,9 +67,8 @@ def checkout(rev: str | None) -> Iterator[Path]:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO)
 
 
-def measure(name: str, tree: Path, models: dict[str, Path], args, work: Path) -> dict:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+def measure(scenario: Scenario, name: str, tree: Path, models: dict[str, Path]) -> dict:
+    args, work = scenario.args, scenario.work
     settings = {
         "CLIP_MODEL": f"local-dir:{models['open-clip']}",
         "CAPTION_MODEL": str(models["blip"]),
@@ -95,37 +77,33 @@ def measure(name: str, tree: Path, models: dict[str, Path], args, work: Path) ->
         "JOBS_DB": str(work / name / "jobs.sqlite3"),
         "CUSTOM_TABLES_DIR": str(work / name / "label-lists"),
         "SHUTDOWN_QUIET_S": "1",
+        **scenario.server_env(),
     }
-    env = bentoml_env(work / name / "bentoml", settings)
     image = {"img_blob": base64.b64encode(image_bytes(make_image(3, (160, 120)))).decode()}
     body = {"image": image, "mode": "best"}
-    with server_process(name, bentoml_command(port), f"{url}/readyz", work, env=env, cwd=tree):
-        wait_for_tables(url, 600)
-        warm = httpx.post(f"{url}/interrogate", json=body, timeout=args.timeout + 60)
+    with scenario.serve(name, settings, cwd=tree) as server:
+        server.wait_for_tables(600)
+        warm = httpx.post(f"{server.url}/interrogate", json=body, timeout=args.timeout + 60)
         warm.raise_for_status()
         alone_s = warm.elapsed.total_seconds()
         start = time.monotonic()
-        results = asyncio.run(burst(url, body, args.clients, args.timeout))
+        results = asyncio.run(burst(server.url, body, args.clients, args.timeout))
         wall_s = time.monotonic() - start
-        at_last_answer = interrogation_batches(url)
+        at_last_answer = server.metric(BATCHES, **ENCODER)
         time.sleep(args.idle_s)
-        after = interrogation_batches(url) - at_last_answer
+        after = server.metric(BATCHES, **ENCODER) - at_last_answer
     ok = [s for status, s in results if status == 200 and s <= args.timeout]
     refused = [s for status, s in results if status in (429, 503)]
-    timed_out = [s for status, s in results if status == 504]
     other = sorted({status for status, _ in results} - {200, 429, 503, 504})
     return {
-        "code": name,
         "alone_s": alone_s,
-        "ok": len(ok),
-        "goodput": len(ok) / wall_s * 60,
-        "refused": len(refused),
-        "refused_p99": max(refused) if refused else None,
-        "timed_out": len(timed_out),
-        "other": other,
-        "ok_p50": statistics.median(ok) if ok else None,
+        "ok": f"{len(ok)} (p50 {seconds(statistics.median(ok) if ok else None)})",
+        "goodput": f"{len(ok) / wall_s * 60:.1f}",
+        "refused": f"{len(refused)} ({seconds(max(refused) if refused else None)})",
+        "timed_out": sum(status == 504 for status, _ in results),
+        "other": ", ".join(map(str, other)) or "-",
         "wall_s": wall_s,
-        "after": after,
+        "after": f"{after:.0f}",
     }
 
 
@@ -134,63 +112,33 @@ def seconds(value: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", type=Path, help="dir with open-clip/ and blip/")
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--timeout", type=float, default=30, help="REQUEST_TIMEOUT_S")
-    parser.add_argument("--idle-s", type=float, default=20, help="watch the encoder this long")
-    parser.add_argument("--before", help="an earlier commit to measure first")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="goodput-") as tmp:
-        work = Path(tmp)
-        models = (
-            {"open-clip": args.models / "open-clip", "blip": args.models / "blip"}
-            if args.models
-            else make_all(work / "models")
-        )
-        rows = []
-        for rev in ([args.before] if args.before else []) + [None]:
-            with checkout(rev) as tree:
-                name = f"before ({rev})" if rev else "this code"
-                rows.append(measure(name.split()[0], tree, models, args, work) | {"code": name})
-    head = header(
-        "Interrogation goodput past capacity",
-        {
-            "models": str(args.models or "tiny random-weight (clip_service.testing)"),
-            "load": f"{args.clients} best-mode /interrogate at once, "
-            f"REQUEST_TIMEOUT_S={args.timeout:g}",
-            "versions": versions(),
-        },
-    )
-    table = markdown_table(
-        [
-            "code",
-            "one alone",
-            "200 in time",
-            "goodput /min",
-            "refused (p100 wait)",
-            "504",
-            "other",
-            "burst wall",
-            f"encoder batches in {args.idle_s:g} s after the last answer",
-        ],
-        [
-            [
-                r["code"],
-                seconds(r["alone_s"]),
-                f"{r['ok']} (p50 {seconds(r['ok_p50'])})",
-                f"{r['goodput']:.1f}",
-                f"{r['refused']} ({seconds(r['refused_p99'])})",
-                r["timed_out"],
-                ", ".join(map(str, r["other"])) or "-",
-                seconds(r["wall_s"]),
-                f"{r['after']:.0f}",
-            ]
-            for r in rows
-        ],
-    )
-    write_results("interrogation_goodput", head + "\n" + table, args.out)
+    scenario = Scenario("interrogation_goodput", __doc__, models=None)
+    scenario.arg("--clients", type=int, default=50)
+    scenario.arg("--timeout", type=float, default=30, help="REQUEST_TIMEOUT_S")
+    scenario.arg("--idle-s", type=float, default=20, help="watch the encoder this long")
+    scenario.arg("--before", help="an earlier commit to measure first")
+    args = scenario.parse()
+    if args.models:
+        models = {name: scenario.model_dir(name) for name in ("open-clip", "blip")}
+    else:
+        models = make_all(scenario.work / "models")
+    rows = []
+    for rev in ([args.before] if args.before else []) + [None]:
+        with checkout(rev) as tree:
+            r = measure(scenario, "before" if rev else "this", tree, models)
+            rows.append(
+                [f"before ({rev})" if rev else "this code", seconds(r["alone_s"]), r["ok"],
+                 r["goodput"], r["refused"], r["timed_out"], r["other"], seconds(r["wall_s"]),
+                 r["after"]]
+            )  # fmt: skip
+    lines = {
+        "models": str(args.models or "tiny random-weight (clip_service.testing)"),
+        "load": f"{args.clients} best-mode /interrogate at once, "
+        f"REQUEST_TIMEOUT_S={args.timeout:g}",
+    }
+    head = ["code", "one alone", "200 in time", "goodput /min", "refused (p100 wait)", "504"]
+    head += ["other", "burst wall", f"encoder batches in {args.idle_s:g} s after the last answer"]
+    scenario.write("Interrogation goodput past capacity", lines, table(head, rows))
 
 
 if __name__ == "__main__":

@@ -11,23 +11,16 @@ random-weight ViT-B-32 with the full decode. Prints a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import io
-import platform
-import sys
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import open_clip
-import PIL
 import torch
+from harness import Scenario, best_of, table
 from PIL import Image, ImageDraw, ImageFilter
 from transformers import CLIPImageProcessor
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import cpu_name
 from clip_service.inputs.images import decode_image
 from clip_service.models.image_runtime import min_cosine
 from clip_service.models.preprocess import PreprocessConfig, build_preprocessor
@@ -61,21 +54,11 @@ def scene(width: int, height: int, seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def best_ms(fn, rounds: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best * 1000
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--images", type=int, default=2, help="images per size")
-    args = parser.parse_args()
+    scenario = Scenario("jpeg_decode", __doc__, models=None)
+    scenario.arg("--rounds", type=int, default=5)
+    scenario.arg("--images", type=int, default=2, help="images per size")
+    args = scenario.parse()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32").eval()
@@ -97,14 +80,12 @@ def main() -> None:
             for draft in DRAFTS:
                 draft_to = None if draft is None else draft * 224
 
-                def run(
-                    data: bytes, draft_to: int | None = draft_to, preprocess=preprocess
-                ) -> np.ndarray:
-                    image = decode_image(data, "b", max_pixels=10**9, draft_to=draft_to)
-                    return preprocess(image)
+                def run(data: bytes, draft_to: int | None = draft_to, preprocess=preprocess):
+                    return preprocess(decode_image(data, "b", max_pixels=10**9, draft_to=draft_to))
 
-                pixels[draft] = [run(data) for data in jpegs]
-                times[draft] = [best_ms(lambda data=data: run(data), args.rounds) for data in jpegs]
+                timed = [best_of(lambda data=data: run(data), args.rounds) for data in jpegs]
+                times[draft] = [seconds * 1000 for seconds, _ in timed]
+                pixels[draft] = [result for _, result in timed]
             with torch.inference_mode():
                 embed = {
                     d: model.encode_image(torch.from_numpy(np.stack(p))).numpy()
@@ -112,38 +93,24 @@ def main() -> None:
                 }
             for draft in DRAFTS:
                 diff = np.abs(np.stack(pixels[draft]) - np.stack(pixels[None]))
-                decoded = decode_image(
-                    jpegs[0], "b", max_pixels=10**9, draft_to=None if draft is None else draft * 224
-                )
+                draft_to = None if draft is None else draft * 224
+                decoded = decode_image(jpegs[0], "b", max_pixels=10**9, draft_to=draft_to)
+                decode = "full decode" if draft is None else f"draft to {draft}x ({draft_to} px)"
                 rows.append(
-                    [
-                        size_name,
-                        lib,
-                        "full decode" if draft is None else f"draft to {draft}x ({draft * 224} px)",
-                        f"{decoded.width}x{decoded.height}",
-                        f"{np.median(times[draft]):.1f}",
-                        f"{diff.mean():.4f} / {diff.max():.3f}",
-                        f"{min_cosine(embed[draft], embed[None]):.6f}",
-                    ]
-                )
+                    (size_name, lib, decode, f"{decoded.width}x{decoded.height}",
+                     f"{np.median(times[draft]):.1f}", f"{diff.mean():.4f} / {diff.max():.3f}",
+                     f"{min_cosine(embed[draft], embed[None]):.6f}")
+                )  # fmt: skip
 
-    print("# JPEG decode + CLIP preprocessing (224 px), one thread per image\n")
-    print(
-        f"Machine: {cpu_name()}; Pillow {PIL.__version__}, "
-        f"open_clip {open_clip.__version__}, torch {torch.__version__}, "
-        f"Python {platform.python_version()}.  "
-    )
-    print(
-        f"Command: `python {' '.join(sys.argv)}`; {args.images} generated JPEGs per size "
-        f"(quality 90), best of {args.rounds} per image, median over images. Pixel diff in "
-        "normalised units (mean / max abs); cosine: full-size random-weight ViT-B-32 "
-        "image embeddings vs the full decode (min over images).\n"
-    )
-    head = "image | preprocessing | decode | decoded size | ms decode+preprocess | pixel diff"
-    print(f"| {head} | embedding cos |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
+    lines = {
+        "images": f"{args.images} generated JPEGs per size (quality 90), best of {args.rounds} "
+        "per image, median over images, one thread per image",
+        "differences": "pixels in normalised units (mean / max abs); cosine: full-size "
+        "random-weight ViT-B-32 image embeddings vs the full decode (min over images)",
+    }
+    head = ["image", "preprocessing", "decode", "decoded size", "ms decode+preprocess"]
+    head += ["pixel diff", "embedding cos"]
+    scenario.write("JPEG decode + CLIP preprocessing (224 px)", lines, table(head, rows))
 
 
 if __name__ == "__main__":

@@ -20,40 +20,23 @@ of similar length). ``--full`` waits for all 111,908 texts.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import open_clip
 from clip_interrogator import Config
 from clip_interrogator.clip_interrogator import LabelTable as LibraryLabelTable
+from harness import Scenario, production_encoder, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import (
-    bentoml_command,
-    bentoml_env,
-    header,
-    markdown_table,
-    model_answer,
-    parse_env,
-    production_encoder,
-    server_process,
-    versions,
-    write_results,
-)
 from clip_service.engines.clip_engine import ClipEngine, EngineLimits
 from clip_service.interrogation.label_cache import EncodeTexts, LabelCache
 from clip_service.interrogation.labels import LabelTable, read_label_tables
 from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
-from tests.conftest import free_port
 
 
 def library_build(model_dir: Path, labels: list[str], cache: Path) -> tuple[float, np.ndarray]:
@@ -99,24 +82,19 @@ async def sliced_build(
 
 
 def served_build(
-    settings: dict[str, str], work: Path, subset: int, full: bool, timeout_s: float
+    scenario: Scenario, settings: dict[str, str], subset: int, full: bool, timeout_s: float
 ) -> dict[str, float | str]:
     """A fresh server's background build, read off ``GET /model``: seconds to ready, rate
     over its first ``subset`` labels after the first progress, and (``full``) to the end."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = bentoml_env(
-        work / "bentoml-served", {**settings, "LABEL_CACHE_DIR": str(work / "served")}
-    )
     start = time.perf_counter()
-    with server_process(
-        "served", bentoml_command(port), f"{url}/readyz", work, env=env, timeout_s=timeout_s
-    ):
+    with scenario.serve(
+        "served", {**settings, "LABEL_CACHE_DIR": str(scenario.work / "served")}
+    ) as server:
         out: dict[str, float | str] = {"ready_s": time.perf_counter() - start}
-        out["model"] = model_answer(url)
+        out["model"] = server.get("/model").text.strip()
         first: tuple[float, int] | None = None
         while time.perf_counter() - start < timeout_s:
-            tables = httpx.get(f"{url}/model", timeout=30).json()["interrogation"]["label_tables"]
+            tables = server.model()["interrogation"]["label_tables"]
             now, done = time.perf_counter(), tables["labels_done"]
             if first is None and done:
                 first = (now, done)
@@ -136,34 +114,27 @@ def served_build(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", type=Path, default=Path("/work/bench-models"))
-    parser.add_argument("--subset", type=int, default=4096, help="first N flavors")
-    parser.add_argument("--no-served", action="store_true", help="skip the served build")
-    parser.add_argument("--full", action="store_true", help="also ours on all 111,908 texts")
-    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VAL")
-    parser.add_argument("--start-timeout", type=float, default=900)
-    parser.add_argument("--full-timeout", type=float, default=5400)
-    parser.add_argument("--out", type=Path, help="default benchmarks/results/label_tables.md")
-    args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-labels-"))
-    model_dir = (args.models / "open-clip").resolve()
+    scenario = Scenario("label_tables", __doc__)
+    scenario.arg("--subset", type=int, default=4096, help="first N flavors")
+    scenario.arg("--no-served", action="store_true", help="skip the served build")
+    scenario.arg("--full", action="store_true", help="also ours on all 111,908 texts")
+    scenario.arg("--full-timeout", type=float, default=5400)
+    args, work = scenario.parse(), scenario.work
+    model_dir = scenario.model_dir("open-clip")
     key = f"local-dir:{model_dir}"
     settings = {
         "CLIP_MODEL": key,
-        "CAPTION_MODEL": str((args.models / "blip").resolve()),
-        **parse_env(args.server_env),
+        "CAPTION_MODEL": str(scenario.model_dir("blip")),
+        **scenario.server_env(),
     }
     flavors = list(read_label_tables()["flavors"].labels[: args.subset])
-    table = LabelTable.of("flavors", flavors)
+    labels = LabelTable.of("flavors", flavors)
     n = len(flavors)
-    rows, notes, timings = [], {}, {}
 
-    start = time.perf_counter()
-    library_s, library_embeds = library_build(model_dir, flavors, work / "library-cache")
-    timings["library"] = time.perf_counter() - start
+    with scenario.step("library"):
+        library_s, library_embeds = library_build(model_dir, flavors, work / "library-cache")
     print(f"clip-interrogator: {n / library_s:.1f} texts/s", flush=True)
-    rows.append(
+    rows = [
         (
             "clip-interrogator 0.6.0 `LabelTable`",
             n,
@@ -172,96 +143,71 @@ def main() -> None:
             "1.00x",
             "",
         )
-    )
+    ]
 
     def add(name: str, seconds: float, embeds: np.ndarray) -> None:
         diff = float(np.abs(embeds - library_embeds).max())
-        rows.append(
-            (
-                name,
-                n,
-                f"{seconds:.1f}",
-                f"{n / seconds:.1f}",
-                f"{library_s / seconds:.2f}x",
-                f"{diff:.1e}",
-            )
-        )
+        speed_up = f"{library_s / seconds:.2f}x"
+        rows.append((name, n, f"{seconds:.1f}", f"{n / seconds:.1f}", speed_up, f"{diff:.1e}"))
         print(f"{name}: {n / seconds:.1f} texts/s", flush=True)
 
-    start = time.perf_counter()
-    model = production_encoder(settings)
-    model.encode_texts(flavors[:64])  # warm-up, not timed
+    with scenario.step("ours in-process"):
+        model = production_encoder(settings)
+        model.encode_texts(flavors[:64])  # warm-up, not timed
 
-    async def unsliced(texts: Sequence[str]) -> np.ndarray:
-        return model.encode_texts(list(texts))
+        async def unsliced(texts: Sequence[str]) -> np.ndarray:
+            return model.encode_texts(list(texts))
 
-    add(
-        "ours in-process, the model alone (one call per 2,048-text chunk)",
-        *asyncio.run(our_build(table, work / "ours", key, unsliced)),
-    )
-    served = get_settings()
-    limits = EngineLimits(
-        image_max_batch=served.image_max_batch_size,
-        text_max_batch=served.text_max_batch_size,
-        slice_s=served.bulk_slice_ms / 1000,
-        max_wait_s=served.max_latency_ms / 1000,
-    )
-    add(
-        f"ours in-process, the served build's path (scheduler, background priority, "
-        f"{served.bulk_slice_ms:g} ms slices)",
-        *asyncio.run(sliced_build(ClipEngine(model, limits), table, work / "sliced", key)),
-    )
-    timings["ours in-process"] = time.perf_counter() - start
+        add(
+            "ours in-process, the model alone (one call per 2,048-text chunk)",
+            *asyncio.run(our_build(labels, work / "ours", key, unsliced)),
+        )
+        served = get_settings()
+        limits = EngineLimits(
+            image_max_batch=served.image_max_batch_size,
+            text_max_batch=served.text_max_batch_size,
+            slice_s=served.bulk_slice_ms / 1000,
+            max_wait_s=served.max_latency_ms / 1000,
+        )
+        add(
+            f"ours in-process, the served build's path (scheduler, background priority, "
+            f"{served.bulk_slice_ms:g} ms slices)",
+            *asyncio.run(sliced_build(ClipEngine(model, limits), labels, work / "sliced", key)),
+        )
 
     if not args.no_served:
-        start = time.perf_counter()
-        timeout = args.full_timeout if args.full else args.start_timeout
-        build = served_build(settings, work, n, args.full, timeout)
-        notes["ours GET /model"] = f"`{build['model']}`"
-        rate, labels = float(build["rate"]), int(build["labels"])
-        rows.append(
-            (
-                "ours served: a fresh server's background build (its first labels: artists)",
-                labels,
-                f"{labels / rate:.1f}",
-                f"{rate:.1f}",
-                f"{rate / (n / library_s):.2f}x (other texts)",
-                "",
-            )
-        )
+        with scenario.step("ours served"):
+            timeout = args.full_timeout if args.full else args.start_timeout
+            build = served_build(scenario, settings, n, args.full, timeout)
+        scenario.notes["ours GET /model"] = f"`{build['model']}`"
+        rate, done = float(build["rate"]), int(build["labels"])
+        name = "ours served: a fresh server's background build (its first labels: artists)"
+        speed_up = f"{rate / (n / library_s):.2f}x (other texts)"
+        rows.append((name, done, f"{done / rate:.1f}", f"{rate:.1f}", speed_up, ""))
         if "full_s" in build:
             total, full_s = int(build["total"]), float(build["full_s"])
-            notes["ours, all tables served"] = (
+            scenario.notes["ours, all tables served"] = (
                 f"{total} texts: ready after {float(build['ready_s']):.0f} s, all tables "
                 f"{full_s:.0f} s after start ({total / full_s:.1f} texts/s overall; "
                 "clip-interrogator at its subset rate would take "
                 f"{total / (n / library_s) / 60:.0f} min)"
             )
-        timings["ours served"] = time.perf_counter() - start
 
     lines = {
-        "versions": versions(),
         "model": f"{key}, loaded by open_clip on both sides",
         "texts": f"the first {n} of clip-interrogator 0.6.0's flavors.txt; 0.6.0's chunking "
         "(np.array_split by 2048) on both sides; embeddings normalised and rounded to float16",
         "our settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
-        "step durations": ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()),
-        **notes,
     }
-    table_md = markdown_table(
-        [
-            "build",
-            "texts",
-            "seconds",
-            "texts/s",
-            "speed-up vs 0.6.0 (goal >= 5x)",
-            "max abs diff vs 0.6.0",
-        ],
-        rows,
-    )
-    write_results(
-        "label_tables", header("Label-table build time", lines) + "\n" + table_md, args.out
-    )
+    head = [
+        "build",
+        "texts",
+        "seconds",
+        "texts/s",
+        "speed-up vs 0.6.0 (goal >= 5x)",
+        "max abs diff vs 0.6.0",
+    ]
+    scenario.write("Label-table build time", lines, table(head, rows))
 
 
 if __name__ == "__main__":

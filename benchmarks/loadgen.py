@@ -87,26 +87,20 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     count = math.inf if args.requests is None else args.requests
     report: dict[str, object] = {}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        if args.wait_ready:
-            report["ready_wait_s"] = await wait_ready(session, args.wait_ready, args.ready_timeout)
-        if args.warmup > 0:
-            deadline = time.perf_counter() + args.warmup
-            warm = Tally()
-            await asyncio.gather(
-                *(
-                    client(session, args.url, body, headers, deadline, count, warm)
-                    for _ in range(args.concurrency)
-                )
-            )
-        tally = Tally()
-        start = time.perf_counter()
-        deadline = math.inf if args.requests is not None else start + args.duration
-        await asyncio.gather(
-            *(
+
+        async def clients(deadline: float, tally: Tally) -> None:
+            sends = (
                 client(session, args.url, body, headers, deadline, count, tally)
                 for _ in range(args.concurrency)
             )
-        )
+            await asyncio.gather(*sends)
+
+        if args.wait_ready:
+            report["ready_wait_s"] = await wait_ready(session, args.wait_ready, args.ready_timeout)
+        if args.warmup > 0:
+            await clients(time.perf_counter() + args.warmup, Tally())
+        tally, start = Tally(), time.perf_counter()
+        await clients(math.inf if args.requests is not None else start + args.duration, tally)
         elapsed = time.perf_counter() - start  # until the last request started in time ended
     latencies, errors = tally.latencies, tally.errors
     ms = np.asarray(latencies) * 1000

@@ -34,7 +34,7 @@ RESULTS = REPO / "benchmarks" / "results"
 SETTINGS = REPO / "clip_service" / "settings.py"
 OUT = REPO / "docs" / "performance.md"
 # What a benchmark measures besides its own script: a change here makes its results stale.
-MEASURED_CODE = ("clip_service", "runners", "service.py", "uv.lock")
+MEASURED_CODE = ("clip_service", "runners", "service.py", "uv.lock", "benchmarks/harness.py")
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,8 @@ records), 24 GiB, no GPU, other work running; so only figures taken side by side
 (one file) are compared, and the results are given as ratios next to the raw numbers. The
 models are full-size architectures with random weights (ViT-B-32 in open_clip and
 transformers format with the same weights, and BLIP-base, written by
-`benchmarks/full_size_models.py`): they cost what the real checkpoints cost, but their
-embeddings, captions and prompts mean nothing. Load comes from another process
+`python -m clip_service.testing.full_size_models`): they cost what the real checkpoints
+cost, but their embeddings, captions and prompts mean nothing. Load comes from another process
 (`benchmarks/loadgen.py`, closed-loop aiohttp clients); each server is started, warmed up,
 measured and stopped in turn. Every file records its date, machine, versions, models,
 settings, the server's `GET /model` answer and the exact command. Nothing here was measured
@@ -138,9 +138,10 @@ FOOTER = """\
 ## Not in this page
 
 `benchmarks/text_tower.py` (text tower padding and prefix sharing) and
-`benchmarks/image_tower.py` (precisions and image runtimes) print their tables instead of
-writing a results file; the figures they printed are quoted, with the conditions they were
-taken in, in [configuration](configuration.md#precision-and-runtime).
+`benchmarks/image_tower.py` (precisions and image runtimes) write `text_tower.md` and
+`image_tower.md` when run; none is committed yet. The figures they printed before they did
+are quoted, with the conditions they were taken in, in
+[configuration](configuration.md#precision-and-runtime).
 """
 
 

@@ -4,7 +4,7 @@
 #
 # Setup first, once (not timed here; ~5 min, most of it pip):
 #   bash benchmarks/setup_infinity.sh                    # /work/infinity-venv
-#   python benchmarks/full_size_models.py /work/bench-models
+#   python -m clip_service.testing.full_size_models /work/bench-models
 #
 #   bash benchmarks/run_all.sh
 #
@@ -36,7 +36,7 @@ for kv in "${settings[@]}"; do server_env+=(--server-env "$kv"); done
 
 for model in open-clip hf-clip blip; do
     if [ ! -f "$MODELS/$model/tiny_model.json" ]; then
-        echo "missing $MODELS/$model: run  python benchmarks/full_size_models.py $MODELS" >&2
+        echo "missing $MODELS/$model: run  python -m clip_service.testing.full_size_models $MODELS" >&2
         exit 1
     fi
 done

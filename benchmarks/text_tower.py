@@ -17,16 +17,10 @@ Each figure is the best of ``--repeat`` timed runs after one warm-up; about 2 mi
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-
 import numpy as np
 import torch
+from harness import Scenario, best_of, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clip_service.interrogation.labels import read_label_tables
 from clip_service.models.backends.open_clip_backend import OpenClipModel
 from clip_service.models.image_runtime import min_cosine
@@ -35,22 +29,12 @@ from clip_service.models.specs import ClipSpec
 CAPTION = "a painting of a lighthouse on a rocky coast at sunset with seagulls"
 
 
-def best_time(run: Callable[[], np.ndarray], repeat: int) -> tuple[float, np.ndarray]:
-    out = run()  # warm-up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - start)
-    return min(times), out
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=int, default=256)
-    parser.add_argument("--candidates", type=int, default=2048)
-    parser.add_argument("--repeat", type=int, default=2)
-    args = parser.parse_args()
+    scenario = Scenario("text_tower", __doc__, models=None)
+    scenario.arg("--labels", type=int, default=256)
+    scenario.arg("--candidates", type=int, default=2048)
+    scenario.arg("--repeat", type=int, default=2)
+    args = scenario.parse()
 
     spec = ClipSpec("ViT-B-32", "open_clip", "ViT-B-32")  # random weights, nothing downloaded
     model = OpenClipModel(spec, torch.device("cpu"), torch.float32)
@@ -64,15 +48,14 @@ def main() -> None:
         with torch.inference_mode():
             return model.model.encode_text(model.tokenizer(texts)).numpy()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ViT-B-32 fp32 CPU")
     label_tokens = np.mean(model.count_tokens(labels))
     prefix_tokens = model.count_tokens([prompt])[0] - 1  # without its end token
     label_case = f"{args.labels} labels (~{label_tokens:.0f} tokens), one batch"
     chain_case = f"chain step: {args.candidates} candidates, {prefix_tokens}-token shared prefix"
-    padded_s, padded = best_time(lambda: full_context(labels), args.repeat)
-    trimmed_s, trimmed = best_time(lambda: model.encode_texts(labels), args.repeat)
-    plain_s, plain = best_time(lambda: model.encode_texts(candidates), args.repeat)
-    shared_s, shared = best_time(lambda: model.encode_texts_sharing_prefix(candidates), args.repeat)
+    padded_s, padded = best_of(lambda: full_context(labels), args.repeat)
+    trimmed_s, trimmed = best_of(lambda: model.encode_texts(labels), args.repeat)
+    plain_s, plain = best_of(lambda: model.encode_texts(candidates), args.repeat)
+    shared_s, shared = best_of(lambda: model.encode_texts_sharing_prefix(candidates), args.repeat)
     rows = [
         (label_case, "77-token padding", padded_s, args.labels, 1.0, "reference"),
         (label_case, "padded to the longest", trimmed_s, args.labels, padded_s / trimmed_s,
@@ -81,11 +64,14 @@ def main() -> None:
         (chain_case, "prefix shared", shared_s, args.candidates, plain_s / shared_s,
          f"{min_cosine(shared, plain):.7f}"),
     ]  # fmt: skip
-    print("| case | path | s | texts/s | speed-up | min cosine |\n|---|---|---|---|---|---|")
-    for case, path, seconds, n, speedup, cosine in rows:
-        print(
-            f"| {case} | {path} | {seconds:.2f} | {n / seconds:.1f} | {speedup:.1f}x | {cosine} |"
-        )
+    lines = {
+        "model": "ViT-B-32 (open_clip, random weights), fp32, CPU",
+        "threads": str(torch.get_num_threads()),
+        "timing": f"best of {args.repeat} runs after one warm-up",
+    }
+    head = ["case", "path", "s", "texts/s", "speed-up", "min cosine"]
+    cells = [(c, p, f"{s:.2f}", f"{n / s:.1f}", f"{x:.1f}x", cos) for c, p, s, n, x, cos in rows]
+    scenario.write("Text tower: padding and prefix sharing", lines, table(head, cells))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ cannot be downloaded here) in the benchmarks. Same layout as ``clip_service.test
   configuration and a 30,524-token WordPiece vocabulary of single-CLIP-token English words
   (random captions then have realistic CLIP token counts).
 
-    python benchmarks/full_size_models.py [OUT_DIR]     # default /work/bench-models
+    python -m clip_service.testing.full_size_models [OUT_DIR]     # default /work/bench-models
 
 About 1.3 GB; regenerated only when missing or stale (marker files, as tiny_models).
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,6 @@ from transformers import (
     CLIPTokenizer,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from clip_service.testing.tiny_models import (
     _CONTEXT_LENGTH,
     _LOGIT_SCALE,

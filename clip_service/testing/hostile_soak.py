@@ -36,10 +36,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import aiohttp
-import numpy as np
 
 from clip_service.testing.hostile_corpus import (
     Request,
@@ -48,7 +46,7 @@ from clip_service.testing.hostile_corpus import (
     error_message,
     good_requests,
 )
-from clip_service.testing.soak import memory_report, sample_memory, sample_rss, server_processes
+from clip_service.testing.soak import latency_summary, memory_report, run_clients
 
 
 @dataclass
@@ -151,28 +149,14 @@ async def soak(args: argparse.Namespace) -> dict:
     url = args.url
     good, bad = good_requests(), bad_requests()
     answers = await references(url, good, args.warmup_timeout)
-    root = server_processes(urlparse(url).port or 80)
-    samples: list[tuple[float, dict[str, float]]] = []
-    sampler = asyncio.create_task(sample_memory(root, args.sample_every, samples)) if root else None
     tally = Tally()
-    start = time.monotonic()
-    deadline = start + args.warmup + args.duration
-    connector = aiohttp.TCPConnector(limit=args.clients)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        clients = [
-            asyncio.create_task(client(session, args, (good, bad), answers, tally, deadline, seed))
-            for seed in range(args.clients)
-        ]
-        _, pending = await asyncio.wait(
-            clients, timeout=deadline - start + args.request_timeout + 5
-        )
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-    elapsed = time.monotonic() - start
-    if sampler:
-        sampler.cancel()
-        samples.append((elapsed, sample_rss(root)))
+    elapsed, samples = await run_clients(
+        url,
+        args,
+        lambda session, deadline, seed: client(
+            session, args, (good, bad), answers, tally, deadline, seed
+        ),
+    )
     outcomes = Counter()
     for (_, outcome), count in tally.outcomes.items():
         outcomes[outcome] += count
@@ -193,8 +177,7 @@ async def soak(args: argparse.Namespace) -> dict:
         "by_kind": {
             kind: {
                 "outcomes": {o: n for (k, o), n in tally.outcomes.items() if k == kind},
-                "p50_s": round(float(np.percentile(tally.latencies[kind], 50)), 3),
-                "p99_s": round(float(np.percentile(tally.latencies[kind], 99)), 3),
+                **latency_summary(tally.latencies[kind]),
             }
             for kind in sorted(tally.latencies)
         },

@@ -30,6 +30,7 @@ import random
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,22 +214,24 @@ async def warm_up(url: str, timeout_s: float) -> None:
                     raise SystemExit(f"warm-up {kind}: {response.status} {await response.text()}")
 
 
-async def soak(args: argparse.Namespace) -> dict:
-    url = args.url.rstrip("/")
-    await warm_up(url, args.warmup_timeout)
+async def run_clients(
+    url: str,
+    args: argparse.Namespace,
+    client: Callable[[aiohttp.ClientSession, float, int], Awaitable],
+) -> tuple[float, list[tuple[float, dict[str, float]]]]:
+    """``args.clients`` clients (``client(session, deadline, seed)``) until the warm-up and
+    duration are over, while the server's memory is sampled: (elapsed seconds, samples).
+    Every request ends by its own timeout; a client still running past that is hung."""
     root = server_processes(urlparse(url).port or 80)
     samples: list[tuple[float, dict[str, float]]] = []
     sampler = asyncio.create_task(sample_memory(root, args.sample_every, samples)) if root else None
-    tally = Tally()
     start = time.monotonic()
     deadline = start + args.warmup + args.duration
     connector = aiohttp.TCPConnector(limit=args.clients)
     async with aiohttp.ClientSession(connector=connector) as session:
         clients = [
-            asyncio.create_task(client(session, tally, url, deadline, seed, args.request_timeout))
-            for seed in range(args.clients)
+            asyncio.create_task(client(session, deadline, seed)) for seed in range(args.clients)
         ]
-        # Every request ends by its own timeout; anything past that is hung.
         _, pending = await asyncio.wait(
             clients, timeout=deadline - start + args.request_timeout + 5
         )
@@ -239,6 +242,24 @@ async def soak(args: argparse.Namespace) -> dict:
     if sampler:
         sampler.cancel()
         samples.append((elapsed, sample_rss(root)))
+    return elapsed, samples
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float]:
+    return {f"p{q}_s": round(float(np.percentile(latencies, q)), 3) for q in (50, 99)}
+
+
+async def soak(args: argparse.Namespace) -> dict:
+    url = args.url.rstrip("/")
+    await warm_up(url, args.warmup_timeout)
+    tally = Tally()
+    elapsed, samples = await run_clients(
+        url,
+        args,
+        lambda session, deadline, seed: client(
+            session, tally, url, deadline, seed, args.request_timeout
+        ),
+    )
     outcomes = Counter()
     for (_, outcome), count in tally.outcomes.items():
         outcomes[outcome] += count
@@ -256,8 +277,7 @@ async def soak(args: argparse.Namespace) -> dict:
         "by_kind": {
             kind: {
                 "outcomes": {o: n for (k, o), n in tally.outcomes.items() if k == kind},
-                "p50_s": round(float(np.percentile(tally.latencies[kind], 50)), 3),
-                "p99_s": round(float(np.percentile(tally.latencies[kind], 99)), 3),
+                **latency_summary(tally.latencies[kind]),
             }
             for kind in MIX
             if tally.latencies[kind]
