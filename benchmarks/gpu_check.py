@@ -60,6 +60,8 @@ from packaging.utils import canonicalize_name
 from clip_service.inputs.images import decode_image
 from clip_service.models.image_runtime import min_cosine
 from clip_service.models.preprocess import build_preprocessor
+from clip_service.testing.images import image_bytes, make_image
+from clip_service.testing.library_cache import write_library_cache
 from clip_service.testing.upstream import (
     LIBRARY_MODEL_NAME,
     MODES,
@@ -67,7 +69,6 @@ from clip_service.testing.upstream import (
     open_clip_embeddings,
     transformers_embeddings,
 )
-from tests.conftest import image_bytes, make_image, write_library_cache
 
 MIN_COSINE = 0.999
 TEXTS = (
@@ -76,21 +77,9 @@ TEXTS = (
     "an oil painting of a lighthouse at dusk, by a famous artist, trending on artstation",
     "two people riding bicycles along a canal in the rain",
 )
-# Packages the NVIDIA image lent here already holds (the device tool's KINDS.md, read
-# 2026-11-17), among those this project needs: never carried as wheels, the image's own
-# (CUDA) builds are used.
-GPU_IMAGE_PACKAGES = frozenset((
-    "accelerate", "aiohappyeyeballs", "aiohttp", "aiosignal", "annotated-doc", "anyio",
-    "attrs", "certifi", "charset-normalizer", "click", "cloudpickle", "filelock",
-    "flatbuffers", "frozenlist", "fsspec", "h11", "hf-xet", "httpcore", "httpx",
-    "huggingface-hub", "idna", "jinja2", "markdown-it-py", "markupsafe", "mdurl", "ml-dtypes",
-    "mpmath", "multidict", "networkx", "numpy", "onnx", "onnx-ir", "onnxruntime", "onnxscript",
-    "packaging", "pathspec", "pillow", "prometheus-client", "propcache", "protobuf", "psutil",
-    "pygments", "pyparsing", "python-dateutil", "pyyaml", "regex", "requests", "rich",
-    "safetensors", "setuptools", "shellingham", "sympy", "timm", "tokenizers", "torch",
-    "torchvision", "tqdm", "transformers", "triton", "typer", "typing-extensions", "urllib3",
-    "wrapt", "yarl",
-))  # fmt: skip
+# Packages the GPU image already holds: never carried as wheels (its CUDA builds are used).
+LISTED = (Path(__file__).parent / "gpu_image_packages.txt").read_text().splitlines()
+GPU_IMAGE_PACKAGES = frozenset(line for line in LISTED if line and not line.startswith("#"))
 GPU_IMAGE_PREFIXES = ("nvidia-", "cuda-")
 
 
@@ -288,7 +277,7 @@ def main() -> int:
         return 2
     if args.models is None:
         scenario.parser.error("--models is required")
-    args.device = "cpu" if args.dry_run else "cuda"
+    args.device, started = ("cpu" if args.dry_run else "cuda"), time.perf_counter()
     if args.dry_run and args.out is None:
         args.out = work / "gpu_check-dry-run.md"
     models = {name: scenario.model_dir(name) for name in ("open-clip", "hf-clip", "blip")}
@@ -324,6 +313,7 @@ def main() -> int:
         if server.built_tables():
             scenario.notes["warning"] = "server B built label tables (its seeded cache was unused)"
 
+    scenario.steps["total"] = time.perf_counter() - started
     lines = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "CPU (dry run)",
         "cuda": str(torch.version.cuda),

@@ -48,7 +48,10 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # scenarios run as scripts: `python benchmarks/NAME.py`
 RESULTS = REPO / "benchmarks" / "results"
-PACKAGES = ("torch", "open-clip-torch", "transformers", "bentoml", "clip-interrogator", "pillow")
+PACKAGES = (
+    "torch", "open-clip-torch", "transformers", "bentoml", "clip-interrogator", "pillow",
+    "aiohttp", "flask",
+)  # fmt: skip
 TEXT = "a photo of a cat sitting on a wooden table next to a window"
 
 
@@ -95,15 +98,25 @@ class Server:
 class Scenario:
     """One benchmark run: its options, work directory, steps, notes and results file."""
 
-    def __init__(self, name: str, doc: str, *, models: Path | None = Path("/work/bench-models")):
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        *,
+        models: Path | None = Path("/work/bench-models"),
+        serves: bool = True,
+    ):
+        """``serves``: the scenario starts servers (so takes ``--models``, ``--server-env``
+        and ``--start-timeout``); an in-process one takes only its own options and ``--out``."""
         self.name = name
         self.parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
         self.parser.add_argument("--out", type=Path, help=f"default {RESULTS / name}.md")
-        self.parser.add_argument("--models", type=Path, default=models, help="model directory")
-        self.parser.add_argument(
-            "--server-env", action="append", default=[], metavar="KEY=VAL", help="server setting"
-        )
-        self.parser.add_argument("--start-timeout", type=float, default=900)
+        if serves:
+            self.parser.add_argument("--models", type=Path, default=models, help="model folder")
+            self.parser.add_argument(
+                "--server-env", action="append", default=[], metavar="KEY=VAL", help="setting"
+            )
+            self.parser.add_argument("--start-timeout", type=float, default=900)
         self.arg = self.parser.add_argument
         self.notes: dict[str, str] = {}
         self.steps: dict[str, float] = {}
@@ -400,9 +413,14 @@ def fmt(value: float | None, digits: int = 0) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-def times(a: float | None, b: float | None) -> str:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``; None when either is missing or zero."""
+    return a / b if a and b else None
+
+
+def times(a: float | None, b: float | None = 1.0) -> str:
     """``a / b`` as ``1.23x``; ``n/a`` when either is missing or zero."""
-    return f"{a / b:.2f}x" if a and b else "n/a"
+    return "n/a" if (value := ratio(a, b)) is None else f"{value:.2f}x"
 
 
 def versions(extra: Mapping[str, str] | None = None) -> str:

@@ -28,7 +28,7 @@ from clip_service.testing.tiny_models import make_all
 
 
 def main() -> None:
-    scenario = Scenario("image_memory", __doc__, models=None)
+    scenario = Scenario("image_memory", __doc__, serves=False)
     scenario.arg("--max-pixels", type=int, default=Settings().max_image_pixels)
     args = scenario.parse()
     configs = preprocess_configs(make_all(scenario.work / "tiny-models"))

@@ -3,7 +3,7 @@
 Loads a full-size random-weight open_clip model (the speed of real weights) once per
 configuration through ``load_clip_model`` (the served code path, ONNX export included),
 then times the image tower side by side, interleaved, best of N rounds, and compares image
-and text embeddings with the fp32 eager model (cosine). Prints a markdown table.
+and text embeddings with the fp32 eager model (cosine). Writes ``results/image_tower.md``.
 
     python benchmarks/image_tower.py [--model ViT-B-32] [--batches 1 8] [--rounds 4]
 """
@@ -64,7 +64,7 @@ def torch_int8_tower(fp32: ClipModel) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def main() -> None:
-    scenario = Scenario("image_tower", __doc__, models=None)
+    scenario = Scenario("image_tower", __doc__, serves=False)
     scenario.arg("--model", default="ViT-B-32", help="open_clip architecture")
     scenario.arg("--batches", type=int, nargs="+", default=[1, 8])
     scenario.arg("--rounds", type=int, default=4)

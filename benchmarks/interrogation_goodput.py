@@ -30,8 +30,8 @@ import aiohttp
 import httpx
 from harness import REPO, Scenario, table
 
+from clip_service.testing.images import image_bytes, make_image
 from clip_service.testing.tiny_models import make_all
-from tests.conftest import image_bytes, make_image
 
 BATCHES = "clip_service_batch_size_count"  # the encoder's, at interrogation priority:
 ENCODER = {"service": "ClipEncoder", "priority": "interrogation"}

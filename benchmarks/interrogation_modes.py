@@ -31,9 +31,10 @@ from pathlib import Path
 import httpx
 from harness import Scenario, embedding_dim, seed_label_cache, table
 
+from clip_service.testing.images import image_bytes, make_image
+from clip_service.testing.library_cache import write_library_cache
 from clip_service.testing.tiny_models import make_all
 from clip_service.testing.upstream import LIBRARY_MODEL_NAME, MODES, library_interrogator
-from tests.conftest import image_bytes, make_image, write_library_cache
 
 
 def timed(call, repeat: int) -> tuple[float, object]:

@@ -4,7 +4,7 @@ Generates photo-like JPEGs (smooth gradients, shapes, fine stripes, sensor-like 
 quality 90, 4:2:0) at 12 MP and 1080p, decodes each through ``decode_image`` with and
 without drafting, preprocesses with open_clip's ViT-B-32 transform and transformers'
 CLIPImageProcessor, and compares the drafted pixels and the embeddings of a full-size
-random-weight ViT-B-32 with the full decode. Prints a markdown table.
+random-weight ViT-B-32 with the full decode. Writes ``results/jpeg_decode.md``.
 
     python benchmarks/jpeg_decode.py [--rounds 5]
 """
@@ -55,7 +55,7 @@ def scene(width: int, height: int, seed: int) -> bytes:
 
 
 def main() -> None:
-    scenario = Scenario("jpeg_decode", __doc__, models=None)
+    scenario = Scenario("jpeg_decode", __doc__, serves=False)
     scenario.arg("--rounds", type=int, default=5)
     scenario.arg("--images", type=int, default=2, help="images per size")
     args = scenario.parse()

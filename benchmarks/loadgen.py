@@ -39,32 +39,6 @@ class Tally:
     statuses: Counter[str] = field(default_factory=Counter)
 
 
-async def client(
-    session: aiohttp.ClientSession,
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    deadline: float,
-    count: float,
-    tally: Tally,
-) -> None:
-    sent = 0
-    while time.perf_counter() < deadline and sent < count:
-        sent += 1
-        start = time.perf_counter()
-        try:
-            async with session.post(url, data=body, headers=headers) as response:
-                text = await response.read()
-                tally.statuses[str(response.status)] += 1
-                if response.status == 200:
-                    tally.latencies.append(time.perf_counter() - start)
-                else:
-                    tally.errors.append(f"HTTP {response.status}: {text[:200]!r}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            tally.statuses[type(exc).__name__] += 1
-            tally.errors.append(f"{type(exc).__name__}: {exc}")
-
-
 async def wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float) -> float:
     """Seconds until ``url`` first answered 200 (polled every 20 ms)."""
     start = time.perf_counter()
@@ -88,12 +62,26 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     report: dict[str, object] = {}
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
+        async def client(deadline: float, tally: Tally) -> None:
+            """Send the body back to back until ``deadline`` or ``count`` requests."""
+            sent = 0
+            while time.perf_counter() < deadline and sent < count:
+                sent += 1
+                start = time.perf_counter()
+                try:
+                    async with session.post(args.url, data=body, headers=headers) as response:
+                        text = await response.read()
+                        tally.statuses[str(response.status)] += 1
+                        if response.status == 200:
+                            tally.latencies.append(time.perf_counter() - start)
+                        else:
+                            tally.errors.append(f"HTTP {response.status}: {text[:200]!r}")
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    tally.statuses[type(exc).__name__] += 1
+                    tally.errors.append(f"{type(exc).__name__}: {exc}")
+
         async def clients(deadline: float, tally: Tally) -> None:
-            sends = (
-                client(session, args.url, body, headers, deadline, count, tally)
-                for _ in range(args.concurrency)
-            )
-            await asyncio.gather(*sends)
+            await asyncio.gather(*(client(deadline, tally) for _ in range(args.concurrency)))
 
         if args.wait_ready:
             report["ready_wait_s"] = await wait_ready(session, args.wait_ready, args.ready_timeout)

@@ -53,6 +53,7 @@ from harness import (
     make_jpeg,
     model_loop,
     production_encoder,
+    ratio,
     seed_label_cache,
     start_load,
     table,
@@ -183,10 +184,6 @@ class CoreRun:
 
 def ok(report: dict[str, Any]) -> int:
     return report["requests"] - report["errors"]
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a and b else None
 
 
 def tables_state(server: Server) -> str:
@@ -347,7 +344,7 @@ class Goal:
 
     def row(self) -> tuple[str, ...]:
         goal = f"{self.goal_prefix}{self.bound}x"
-        return self.figure, self.measured, times(self.ratio, 1), goal, "yes" if self.met else "no"
+        return self.figure, self.measured, times(self.ratio), goal, "yes" if self.met else "no"
 
 
 def goal_rows(
@@ -456,7 +453,7 @@ def goals_table(goals: list[Goal]) -> str:
     """The goals table, then one sentence on the likely cause of each miss."""
     head = ["figure", "measured", "ratio", "goal", "met"]
     misses = [f"- {g.figure}: missed; likely cause: {g.cause}." for g in goals if not g.met]
-    return table(head, [g.row() for g in goals]) + "".join(f"\n{m}" for m in misses)
+    return table(head, [g.row() for g in goals]) + "".join(f"\n{m}" for m in misses) + "\n"
 
 
 def memory_table(rss: dict[str, dict[str, float]]) -> str:
@@ -491,7 +488,7 @@ def details_table(rows: list[Row]) -> str:
             errors = f" statuses {r.report['statuses']}, first error: {first}"
         if r.report.get("note") or errors:
             notes.append(f"\n- {r.server}, {r.case}: {r.report.get('note', '')}{errors}")
-    return table(head, body) + "".join(notes)
+    return table(head, body) + "".join(notes) + ("\n" if notes else "")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import io
 import json
 import shlex
 import subprocess
@@ -47,6 +48,7 @@ from harness import (
     times,
     write,
 )
+from PIL import Image
 
 SYSTEMS = ("ceiling", "ours", "naive", "infinity")
 
@@ -223,8 +225,8 @@ def main() -> None:
     lines = {
         "infinity venv": infinity_versions(args.infinity_venv),
         "model": f"{clip_spec} (ours, ceiling); {hf_dir} (naive, infinity: same weights)",
-        "payloads": f"image: {len(jpeg)} B JPEG (raw body to /vectorize, base64 data URI to "
-        f"infinity); text: {TEXT!r}, one per request",
+        "payloads": f"image: {len(jpeg)} B JPEG {Image.open(io.BytesIO(jpeg)).size} (raw body "
+        f"to /vectorize, base64 data URI to infinity); text: {TEXT!r}, one per request",
         "load": f"benchmarks/loadgen.py in its own process, closed loop, {args.duration:g} s per "
         f"level after a {args.warmup:g} s warm-up at {max(args.concurrency)} clients",
         "our settings": ", ".join(f"{k}={v}" for k, v in settings.items()),

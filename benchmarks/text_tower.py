@@ -30,7 +30,7 @@ CAPTION = "a painting of a lighthouse on a rocky coast at sunset with seagulls"
 
 
 def main() -> None:
-    scenario = Scenario("text_tower", __doc__, models=None)
+    scenario = Scenario("text_tower", __doc__, serves=False)
     scenario.arg("--labels", type=int, default=256)
     scenario.arg("--candidates", type=int, default=2048)
     scenario.arg("--repeat", type=int, default=2)

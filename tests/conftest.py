@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,11 +20,11 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors import safe_open
-from safetensors.numpy import save_file
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from clip_service.testing.images import image_bytes, make_image
 from clip_service.testing.tiny_models import make_all
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,36 +44,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_all(tmp_path_factory.mktemp("models"))
 
 
-def make_image(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
-    """A deterministic noisy RGB image (different seeds give clearly different images)."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return buffer.getvalue()
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def write_library_cache(
-    directory: Path, model_name: str, tables: Iterable[tuple[str, str, np.ndarray]]
-) -> Path:
-    """(table, label hash, float16 embeds) written where and as clip-interrogator 0.6.0
-    caches its own tables (the hash as int8 character codes), so a library run on
-    ``model_name`` loads these instead of encoding: parity tests give both sides one set."""
-    directory.mkdir(parents=True, exist_ok=True)
-    prefix = model_name.replace("/", "_").replace("@", "_")
-    for table, label_hash, embeds in tables:
-        codes = np.array([ord(c) for c in label_hash], dtype=np.int8)
-        tensors = {"embeds": embeds.astype(np.float16), "hash": codes}
-        save_file(tensors, directory / f"{prefix}_{table}.safetensors")
-    return directory
 
 
 def served_label_tables(cache_dir: Path) -> list[tuple[str, str, np.ndarray]]:

@@ -53,8 +53,8 @@ from clip_service.interrogation.labels import (
 from clip_service.models.clip import ClipModel
 from clip_service.models.factory import load_clip_model
 from clip_service.models.specs import parse_clip_spec
+from clip_service.testing.library_cache import write_library_cache
 from clip_service.testing.tiny_models import make_blip, make_open_clip
-from tests.conftest import write_library_cache
 
 pytestmark = [
     pytest.mark.served,  # parity with the library: the full tier

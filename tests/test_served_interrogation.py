@@ -15,6 +15,7 @@ from clip_interrogator import Config
 from clip_interrogator import Interrogator as LibraryInterrogator
 from transformers import AutoProcessor, BlipForConditionalGeneration
 
+from clip_service.testing.library_cache import write_library_cache
 from tests.conftest import (
     b64,
     image_bytes,
@@ -22,7 +23,6 @@ from tests.conftest import (
     served,
     served_label_tables,
     wait_for_label_tables,
-    write_library_cache,
 )
 
 pytestmark = pytest.mark.served

@@ -1,1 +1,2 @@
-"""Test and demo helpers, outside the serving path: tiny random-weight models."""
+"""What tests, benchmarks and operators check the service with, outside the serving path:
+random-weight models, test images, upstream references, the hostile corpus and the soaks."""
