@@ -4,7 +4,7 @@
 ``prometheus_client`` metrics write to the shared multiprocess files and the entry
 service's ``/metrics`` reports them for all services (docs/operations.md, "Metrics").
 
-Queue wait, batch size and batch time come from each model service's scheduler
+Queue wait and depth, batch size and batch time come from each model service's scheduler
 (:class:`SchedulerMetrics`), per method and priority class.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from clip_service.scheduling import Priority
 
@@ -43,6 +43,12 @@ BATCH_DURATION = Histogram(
     "Time a model service spent running one batch",
     _SCHEDULER_LABELS,
     buckets=BATCH_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "clip_service_queue_depth",
+    "Items (images or texts) waiting in a model service's queue, not yet sent to the model",
+    ["service", "priority"],
+    multiprocess_mode="livesum",  # summed over the service's live workers
 )
 REFUSED = Counter(
     "clip_service_refused",
@@ -78,6 +84,9 @@ class SchedulerMetrics:
 
     def refused(self, priority: Priority) -> None:
         REFUSED.labels(self.service, priority.value).inc()
+
+    def queued(self, priority: Priority, items: int) -> None:
+        QUEUE_DEPTH.labels(self.service, priority.value).set(items)
 
 
 def timed_interrogation(mode: str) -> AbstractContextManager[object]:

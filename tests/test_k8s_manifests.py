@@ -76,3 +76,39 @@ def test_settings_are_real_and_urls_reach_the_model_services(objects):
         url = urlparse(config[setting])
         assert url.hostname == service
         assert url.port in {p["port"] for p in objects["Service", service]["spec"]["ports"]}
+
+
+def test_the_autoscaling_overlay_scales_model_services_on_the_queue_depth_they_export(objects):
+    """deploy/k8s/autoscaling: every HPA targets a model-service Deployment of the base and
+    reads the gauge the scheduler exports, by labels it has and values they take."""
+    from clip_service.metrics import QUEUE_DEPTH
+    from clip_service.scheduling import Priority
+
+    (name,) = (family.name for family in QUEUE_DEPTH.describe())
+    overlay = K8S / "autoscaling"
+    resources = yaml.safe_load((overlay / "kustomization.yaml").read_text())["resources"]
+    assert ".." in resources
+    hpas = [
+        doc
+        for resource in resources
+        if resource != ".."
+        for doc in yaml.safe_load_all((overlay / resource).read_text())
+    ]
+    assert {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas} == set(MODEL_SERVICES)
+    for hpa in hpas:
+        spec = hpa["spec"]
+        assert ("Deployment", spec["scaleTargetRef"]["name"]) in objects
+        assert (
+            hpa["apiVersion"] == "autoscaling/v2"
+            and 1 <= spec["minReplicas"] <= spec["maxReplicas"]
+        )
+        (metric,) = spec["metrics"]
+        assert metric["pods"]["metric"]["name"] == name
+        for expression in metric["pods"]["metric"]["selector"]["matchExpressions"]:
+            assert set(expression["values"]) <= {p.value for p in Priority}
+            assert Priority.BACKGROUND.value not in expression["values"]  # the start-up build
+            for value in expression["values"]:  # a ValueError for a label the gauge lacks
+                QUEUE_DEPTH.labels(**{"service": "ClipEncoder", expression["key"]: value})
+    rules = yaml.safe_load((overlay / "prometheus-adapter-rules.yaml").read_text())["rules"]
+    assert [rule["name"]["as"] for rule in rules] == [name]
+    assert rules[0]["seriesQuery"].startswith(name + "{")

@@ -249,3 +249,43 @@ def test_cost_model_converges_on_the_slice_that_fits() -> None:
         costs.observe("m", Priority.BACKGROUND, n, 0.1 + 0.01 * n)
         n = costs.items_within("m", Priority.BACKGROUND, 0.5)
     assert 38 <= n <= 40
+
+
+class DepthRecorder:
+    """A scheduler observer keeping the last queue depth reported per class."""
+
+    def __init__(self) -> None:
+        self.depth: dict[Priority, int] = {}
+
+    def waited(self, method: str, priority: Priority, seconds: float) -> None: ...
+
+    def ran(self, method: str, priority: Priority, size: int, seconds: float) -> None: ...
+
+    def refused(self, priority: Priority) -> None: ...
+
+    def queued(self, priority: Priority, items: int) -> None:
+        self.depth[priority] = items
+
+
+def test_queue_depth_counts_the_items_waiting_per_class_and_returns_to_zero() -> None:
+    """The autoscaling signal (clip_service_queue_depth): items not yet sent to the model."""
+
+    async def scenario() -> None:
+        model, recorder = GatedModel(), DepthRecorder()
+        s = scheduler(model, observer=recorder, max_batch=4)
+        first = asyncio.create_task(s.run("texts", ["a-0"]))
+        await started(model)  # running: not waiting
+        assert recorder.depth[Priority.INTERACTIVE] == 0
+        waiting = [
+            asyncio.create_task(s.run("texts", items("b", 3))),
+            asyncio.create_task(s.run("texts", items("c", 3), Priority.BACKGROUND)),
+        ]
+        await asyncio.sleep(0.05)
+        assert recorder.depth[Priority.INTERACTIVE] == 3
+        assert recorder.depth[Priority.BACKGROUND] == 3
+        model.release(10)
+        await asyncio.gather(first, *waiting)
+        await asyncio.sleep(0.05)  # the serving loop's next turn
+        assert set(recorder.depth.values()) == {0}
+
+    run(scenario())

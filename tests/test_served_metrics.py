@@ -63,6 +63,12 @@ def test_model_service_batches_are_measured(open_clip_url):
     assert 0 < waits / 32 < 60
     bucket = "clip_service_queue_wait_seconds_bucket"
     assert delta(bucket, **ENCODE_IMAGES, le="+Inf") == 32
+    # The autoscaling signal, summed over the live workers: nothing waits once all answered.
+    depth = (
+        "clip_service_queue_depth",
+        frozenset({"service": "ClipEncoder", "priority": "interactive"}.items()),
+    )
+    assert after.get(depth) == 0.0, sorted(k for k in after if k[0] == depth[0])
 
 
 def test_interrogations_are_counted_per_mode(open_clip_url):

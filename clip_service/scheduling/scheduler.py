@@ -60,6 +60,10 @@ class SchedulerObserver(Protocol):
     def refused(self, priority: Priority) -> None:
         """A work item was refused as :class:`Overloaded`."""
 
+    def queued(self, priority: Priority, items: int) -> None:
+        """``items`` of ``priority`` are waiting to be sent to the model (an autoscaler's
+        signal: work that more replicas would take)."""
+
 
 class CostModel:
     """Model seconds per item for each method and class, a moving average of measurements.
@@ -132,6 +136,7 @@ class Scheduler:
                 raise Overloaded(wait)
         work = WorkItem(item_method, items, priority, asyncio.get_running_loop().create_future())
         self._queues.put(work)
+        self._report_depth()
         wake.set()
         return await work.future
 
@@ -166,6 +171,7 @@ class Scheduler:
     async def _serve(self, wake: asyncio.Event) -> None:
         last: Priority | None = None
         while True:
+            self._report_depth()
             upcoming = self._queues.next_priority()
             if upcoming is None:
                 wake.clear()
@@ -178,9 +184,15 @@ class Scheduler:
                     await asyncio.wait_for(wake.wait(), self.slice_s)
                 continue
             batch = self._queues.take(self._limit)
+            self._report_depth()
             if batch is not None:
                 await self._run(batch)
                 last = batch.priority
+
+    def _report_depth(self) -> None:
+        if self.observer:
+            for priority in Priority:
+                self.observer.queued(priority, self._queues.depth(priority))
 
     def _limit(self, method: Method, priority: Priority) -> int:
         if priority is Priority.INTERACTIVE:

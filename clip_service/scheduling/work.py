@@ -121,6 +121,10 @@ class WorkQueues:
         queue[:] = [work for work in queue if not work.abandoned and work.remaining]
         return queue
 
+    def depth(self, priority: Priority) -> int:
+        """Items of ``priority`` waiting to be sent to the model."""
+        return sum(work.remaining for work in self.queued(priority))
+
     def next_priority(self) -> Priority | None:
         """The class :meth:`take` would serve now (None: nothing is queued)."""
         return next((priority for priority in Priority if self.queued(priority)), None)
