@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from urllib.parse import urlparse
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -112,3 +113,30 @@ def test_the_autoscaling_overlay_scales_model_services_on_the_queue_depth_they_e
     rules = yaml.safe_load((overlay / "prometheus-adapter-rules.yaml").read_text())["rules"]
     assert [rule["name"]["as"] for rule in rules] == [name]
     assert rules[0]["seriesQuery"].startswith(name + "{")
+
+
+def _manifests() -> list[dict]:
+    """Every Kubernetes object deploy/k8s and its autoscaling overlay apply."""
+    found = []
+    for folder in (K8S, K8S / "autoscaling"):
+        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        for resource in kustomization["resources"]:
+            if resource != "..":
+                found += list(yaml.safe_load_all((folder / resource).read_text()))
+    return found
+
+
+@pytest.mark.parametrize(
+    "manifest", _manifests(), ids=lambda m: f"{m['kind']}/{m['metadata']['name']}"
+)
+def test_manifests_match_the_kubernetes_schemas(manifest):
+    """Strict (an unknown or misspelt field fails), offline: kubernetes-validate's bundled
+    schemas of the newest Kubernetes it knows."""
+    kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_schema_check_rejects_a_misspelt_field():
+    (deployment,) = [m for m in _manifests() if m["kind"] == "Deployment"][:1]
+    broken = {**deployment, "spec": {**deployment["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError, match="replica"):
+        kubernetes_validate.validate(broken, kubernetes_validate.latest_version(), strict=True)
