@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,6 +26,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from clip_service.interrogation.labels import TABLE_NAMES
 from clip_service.testing.images import image_bytes, make_image
 from clip_service.testing.tiny_models import make_all
 
@@ -49,9 +52,10 @@ def b64(data: bytes) -> str:
 
 
 def served_label_tables(cache_dir: Path) -> list[tuple[str, str, np.ndarray]]:
-    """The tables a server wrote into its LABEL_CACHE_DIR, for :func:`write_library_cache`."""
+    """The built-in tables a server wrote into its LABEL_CACHE_DIR, for
+    :func:`write_library_cache`."""
     found = []
-    for path in sorted(cache_dir.glob("*.safetensors")):
+    for path in builtin_table_files(cache_dir):
         with safe_open(path, framework="np") as f:
             meta = f.metadata()
             found.append((meta["table"], meta["hash"], f.get_tensor("embeds")))
@@ -143,14 +147,82 @@ def wait_for_label_tables(url: str, timeout_s: float = 300) -> dict:
     raise AssertionError(f"label tables not ready after {timeout_s} s: {tables}")
 
 
+@dataclass(frozen=True)
+class Server:
+    """A served instance: its URL, its BENTOML_HOME (its log files) and LABEL_CACHE_DIR."""
+
+    url: str
+    home: Path
+    label_cache: Path
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.home.glob("serve-*.log")))
+
+
+def open_clip_env(tiny_models: dict[str, Path], label_cache: Path) -> dict[str, str]:
+    """The session server's models and label cache: a server started with these again
+    loads its tables instead of building them."""
+    return {
+        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
+        "CAPTION_MODEL": str(tiny_models["blip"]),
+        "LABEL_CACHE_DIR": str(label_cache),
+    }
+
+
+def builtin_table_files(cache_dir: Path) -> list[Path]:
+    """The built-in label tables' files in a LABEL_CACHE_DIR (custom tables' embeddings,
+    which tests on the same server add, are stored beside them)."""
+    found = []
+    for path in sorted(cache_dir.glob("*.safetensors")):
+        with safe_open(path, framework="np") as f:
+            if f.metadata()["table"] in TABLE_NAMES:
+                found.append(path)
+    return found
+
+
+def copy_label_tables(server: Server, directory: Path) -> Path:
+    """The session server's built-in label tables copied into ``directory`` (a new
+    LABEL_CACHE_DIR): a server on the same models then loads them in seconds instead of
+    encoding them for minutes, where a test needs the tables but not their build."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in builtin_table_files(server.label_cache):
+        shutil.copy2(path, directory / path.name)
+    return directory
+
+
 @pytest.fixture(scope="session")
-def open_clip_url(tiny_models, tmp_path_factory) -> Iterator[str]:
+def open_clip_server(tiny_models, tmp_path_factory) -> Iterator[Server]:
+    """The session's open_clip server, with its label tables built (into its own
+    LABEL_CACHE_DIR, never the user's ~/.cache)."""
     home = tmp_path_factory.mktemp("bentoml-open-clip")
-    clip = f"local-dir:{tiny_models['open-clip']}"
-    with served(home, CLIP_MODEL=clip, CAPTION_MODEL=str(tiny_models["blip"])) as url:
+    label_cache = home / "label-cache"
+    with served(home, **open_clip_env(tiny_models, label_cache)) as url:
         # Its tests interrogate: before the tables are built that is a 503 by design.
         wait_for_label_tables(url)
-        yield url
+        yield Server(url, home, label_cache)
+
+
+@pytest.fixture(scope="session")
+def open_clip_url(open_clip_server) -> str:
+    return open_clip_server.url
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """A second server on the session server's models and label cache, started once that
+    one had built its tables; the cache files' modification times just before it started."""
+
+    server: Server
+    files_before: dict[Path, int]
+
+
+@pytest.fixture(scope="session")
+def open_clip_restarted(open_clip_server, tiny_models, tmp_path_factory) -> Iterator[Restarted]:
+    home = tmp_path_factory.mktemp("bentoml-restarted")
+    cache = open_clip_server.label_cache
+    before = {p: p.stat().st_mtime_ns for p in builtin_table_files(cache)}
+    with served(home, **open_clip_env(tiny_models, cache)) as url:
+        yield Restarted(Server(url, home, cache), before)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import b64, image_bytes, make_image, metric_total, served
+from tests.conftest import (
+    b64,
+    copy_label_tables,
+    image_bytes,
+    make_image,
+    metric_total,
+    served,
+)
 
 pytestmark = pytest.mark.served
 
@@ -44,12 +51,14 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_models, home) -> Iterator[str]:
+def url(tiny_models, home, open_clip_server) -> Iterator[str]:
+    # The session server's tables, loaded in seconds: this module needs them, not their build.
+    label_cache = copy_label_tables(open_clip_server, home / "label-cache")
     with served(
         home,
         CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
         CAPTION_MODEL=str(tiny_models["blip"]),
-        LABEL_CACHE_DIR=str(home / "label-cache"),
+        LABEL_CACHE_DIR=str(label_cache),
         REQUEST_TIMEOUT_S=str(REQUEST_TIMEOUT_S),
         JOB_TIMEOUT_S=str(JOB_TIMEOUT_S),
         MAX_QUEUED_INTERROGATIONS=str(MAX_QUEUED),

@@ -5,11 +5,9 @@ sizes) must give 200 on every route; bad ones (not images, truncated, a decompre
 header, bad base64) must give a 4xx in the one error shape, naming the field, and the
 server must keep serving. All inputs are generated here; nothing is committed.
 
-The module runs its own server with a temporary ``LABEL_CACHE_DIR``: /interrogate,
-/analyze and /extract_text need the label-table embeddings (a minute or two to build on 2
-CPU cores), and the session server stores them under ``~/.cache``, keyed by a model path
-that only this session uses. Its own server also keeps the corpus away from the other
-tests' server, and its log is checked for 5xx answers at the end.
+The module uses the session server, whose label tables (which /interrogate, /analyze and
+/extract_text need) are built by then; the lines its log gained while the corpus was sent are
+checked for 5xx answers at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import pytest
 from PIL import Image, ImageOps, features
 
 from clip_service.testing.hostile_corpus import hostile_images
-from tests.conftest import b64, image_bytes, make_image, served
+from tests.conftest import b64, image_bytes, make_image
 
 pytestmark = pytest.mark.served
 
@@ -41,21 +39,23 @@ LABEL_TIMEOUT = 600  # /extract_text (best mode) and the label-table build
 class Server:
     url: str
     home: Path
+    log_sizes: dict[Path, int]  # each log file's size when the module started
 
     def log(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in self.home.glob("serve-*.log"))
+        """What the server logged since the module started."""
+        written = []
+        for path in sorted(self.home.glob("serve-*.log")):
+            with path.open("rb") as f:
+                f.seek(self.log_sizes.get(path, 0))
+                written.append(f.read().decode(errors="replace"))
+        return "".join(written)
 
 
 @pytest.fixture(scope="module")
-def server(tiny_models, tmp_path_factory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("bentoml-corpus")
-    with served(
-        home,
-        CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
-        CAPTION_MODEL=str(tiny_models["blip"]),
-        LABEL_CACHE_DIR=str(home / "label-cache"),
-    ) as url:
-        yield Server(url, home)
+def server(open_clip_server) -> Server:
+    home = open_clip_server.home
+    sizes = {path: path.stat().st_size for path in home.glob("serve-*.log")}
+    return Server(open_clip_server.url, home, sizes)
 
 
 @pytest.fixture(scope="module")

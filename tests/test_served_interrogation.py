@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,9 @@ from transformers import AutoProcessor, BlipForConditionalGeneration
 from clip_service.testing.library_cache import write_library_cache
 from tests.conftest import (
     b64,
+    builtin_table_files,
     image_bytes,
     make_image,
-    served,
     served_label_tables,
     wait_for_label_tables,
 )
@@ -32,6 +33,17 @@ MODES = ["best", "classic", "fast", "negative"]
 
 
 LIBRARY_MODEL_NAME = "ViT-B-32/tiny"  # picks the standard CLIP tokenizer, like the model's
+
+
+@pytest.fixture(scope="module")
+def server(open_clip_url) -> str:
+    """The session server: its label tables are the ones it built (LABEL_CACHE_DIR of its own)."""
+    return open_clip_url
+
+
+@pytest.fixture(scope="module")
+def label_cache(open_clip_server) -> Path:
+    return open_clip_server.label_cache
 
 
 @pytest.fixture(scope="module")
@@ -60,23 +72,19 @@ def library(tiny_models, server, label_cache, tmp_path_factory) -> LibraryInterr
 
 
 @pytest.fixture(scope="module")
-def label_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("label-cache")
+def expected(library) -> Callable[..., object]:
+    """``expected("interrogate")``: the library's answer for IMAGE (method, keyword
+    arguments), worked out once per module: it is deterministic, and its best-mode chain
+    takes a minute here, which several tests compare with."""
+    answers: dict[tuple, object] = {}
 
+    def answer(method: str, **kwargs: object) -> object:
+        key = (method, tuple(sorted(kwargs.items())))
+        if key not in answers:
+            answers[key] = getattr(library, method)(IMAGE, **kwargs)
+        return answers[key]
 
-def _serve(home: Path, tiny_models: dict[str, Path], label_cache: Path):
-    return served(
-        home,
-        CLIP_MODEL=f"local-dir:{tiny_models['open-clip']}",
-        CAPTION_MODEL=str(tiny_models["blip"]),
-        LABEL_CACHE_DIR=str(label_cache),
-    )
-
-
-@pytest.fixture(scope="module")
-def server(tiny_models, label_cache, tmp_path_factory):
-    with _serve(tmp_path_factory.mktemp("bentoml-interrogate"), tiny_models, label_cache) as url:
-        yield url
+    return answer
 
 
 def _post(url: str, route: str, **body) -> dict:
@@ -86,35 +94,35 @@ def _post(url: str, route: str, **body) -> dict:
     return response.json()
 
 
-def test_caption_equals_library(server, library):
-    assert _post(server, "/caption")["caption"] == library.generate_caption(IMAGE)
+def test_caption_equals_library(server, expected):
+    assert _post(server, "/caption")["caption"] == expected("generate_caption")
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_prompt_equals_library(server, library, mode):
-    expected = {
-        "best": library.interrogate,
-        "classic": library.interrogate_classic,
-        "fast": library.interrogate_fast,
-        "negative": library.interrogate_negative,
-    }[mode](IMAGE)
+def test_prompt_equals_library(server, expected, mode):
+    method = {
+        "best": "interrogate",
+        "classic": "interrogate_classic",
+        "fast": "interrogate_fast",
+        "negative": "interrogate_negative",
+    }[mode]
     body = _post(server, "/interrogate", mode=mode)
-    assert body["prompt"] == expected
+    assert body["prompt"] == expected(method)
     assert body["mode"] == mode
-    caption = library.generate_caption(IMAGE)
+    caption = expected("generate_caption")
     assert body["caption"] == ("" if mode == "negative" else caption)
 
 
-def test_given_caption_is_used(server, library):
+def test_given_caption_is_used(server, expected):
     body = _post(server, "/interrogate", mode="fast", caption="a red square")
-    assert body["prompt"] == library.interrogate_fast(IMAGE, caption="a red square")
+    assert body["prompt"] == expected("interrogate_fast", caption="a red square")
     assert body["caption"] == "a red square"
 
 
-def test_extract_text_is_the_best_prompt(server, library):
+def test_extract_text_is_the_best_prompt(server, expected):
     response = httpx.post(f"{server}/extract_text", content=image_bytes(IMAGE), timeout=600)
     assert response.status_code == 200, response.text
-    assert response.json() == {"text": library.interrogate(IMAGE)}
+    assert response.json() == {"text": expected("interrogate")}
 
 
 def _submitted(answer: httpx.Response) -> str:
@@ -135,7 +143,7 @@ def _finish(url: str, job_id: str) -> tuple[dict, list[dict]]:
     return status, seen
 
 
-def test_best_mode_job_shows_its_chain_steps_and_gives_the_prompt(server, library):
+def test_best_mode_job_shows_its_chain_steps_and_gives_the_prompt(server, expected):
     image = {"img_blob": b64(image_bytes(IMAGE))}
     submitted = httpx.post(f"{server}/jobs/interrogate", json={"image": image}, timeout=60)
     status, seen = _finish(server, _submitted(submitted))
@@ -144,13 +152,13 @@ def test_best_mode_job_shows_its_chain_steps_and_gives_the_prompt(server, librar
     assert steps and steps == sorted(steps) and {p["steps"] for p in seen if p["step"]} == {32}
     result = httpx.get(f"{server}/jobs/{status['id']}/result").json()
     assert result == _post(server, "/interrogate")
-    assert result["prompt"] == library.interrogate(IMAGE)
+    assert result["prompt"] == expected("interrogate")
     text_job = httpx.post(f"{server}/jobs/extract_text", content=image_bytes(IMAGE), timeout=60)
     status, _ = _finish(server, _submitted(text_job))
     assert httpx.get(f"{server}/jobs/{status['id']}/result").json() == {"text": result["prompt"]}
 
 
-def test_a_cancelled_job_stops_and_has_no_result(server, library):
+def test_a_cancelled_job_stops_and_has_no_result(server):
     image = {"img_blob": b64(image_bytes(IMAGE))}
     job_id = _submitted(httpx.post(f"{server}/jobs/interrogate", json={"image": image}))
     assert httpx.delete(f"{server}/jobs/{job_id}").status_code == 200
@@ -188,13 +196,15 @@ def test_bad_interrogate_input_is_a_400(server, body, message):
     assert re.match(message, response.json()["error"]), response.json()
 
 
-def test_restart_reuses_the_label_cache(tiny_models, label_cache, server, tmp_path):
+def test_restart_reuses_the_label_cache(label_cache, server, open_clip_restarted):
+    """A second server on the same label cache (started once the first had built its
+    tables; shared with tests/test_served_metrics.py) loads them and writes nothing."""
     _post(server, "/interrogate", mode="fast")  # the tables exist once a prompt was made
-    files = {p: p.stat().st_mtime_ns for p in label_cache.glob("*.safetensors")}
+    files = open_clip_restarted.files_before
     assert len(files) == 6
-    with _serve(tmp_path, tiny_models, label_cache) as url:
-        _post(url, "/interrogate", mode="fast")
-        log = next(tmp_path.glob("serve-*.log")).read_text()
-    assert {p: p.stat().st_mtime_ns for p in label_cache.glob("*.safetensors")} == files
+    restarted = open_clip_restarted.server
+    _post(restarted.url, "/interrogate", mode="fast")
+    log = restarted.log()
+    assert {p: p.stat().st_mtime_ns for p in builtin_table_files(label_cache)} == files
     assert "Preprocessing" not in log  # no progress bar: nothing was encoded
     assert log.count("label table") >= 6 and "loaded" in log

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clip_service.interrogation.labels import TABLE_NAMES
-from tests.conftest import b64, image_bytes, make_image, served
+from tests.conftest import b64, image_bytes, make_image
 
 pytestmark = pytest.mark.served
 
@@ -114,16 +113,12 @@ def first_lookups(open_clip_url) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def restarted(first_lookups, tiny_models, tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """A second server on the same models and (default) label cache directory as the
-    session server, once that one has its tables; yields its URL and log file."""
-    home = tmp_path_factory.mktemp("bentoml-restarted")
-    env = {
-        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
-        "CAPTION_MODEL": str(tiny_models["blip"]),
-    }
-    with served(home, **env) as url:
-        yield url, next(home.glob("serve-*.log"))
+def restarted(first_lookups, open_clip_restarted) -> tuple[str, Path]:
+    """A second server on the same models and label cache directory as the session
+    server, started once that one had its tables (shared with
+    tests/test_served_interrogation.py); its URL and log file."""
+    server = open_clip_restarted.server
+    return server.url, next(server.home.glob("serve-*.log"))
 
 
 def test_label_cache_is_hit_after_a_restart(first_lookups, restarted):
