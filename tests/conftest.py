@@ -225,6 +225,28 @@ def open_clip_restarted(open_clip_server, tiny_models, tmp_path_factory) -> Iter
         yield Restarted(Server(url, home, cache), before)
 
 
+# The CLIP-only server's limits (tests/test_ui_browser.py's search reaches them).
+SEARCH_MAX_ITEMS = 6  # MAX_ITEMS of the CLIP-only server: a few more images are refused
+SEARCH_MAX_BODY = 1024 * 1024  # its MAX_BODY_BYTES: one large image is refused
+
+
+@pytest.fixture(scope="session")
+def clip_only_server(tiny_models, tmp_path_factory) -> Iterator[Server]:
+    """A CLIP-only server (CAPTION_MODEL=none), with small MAX_ITEMS and MAX_BODY_BYTES for
+    the demo page's search; its LABEL_CACHE_DIR must stay unwritten."""
+    home = tmp_path_factory.mktemp("bentoml-clip-only")
+    label_cache = home / "label-cache"
+    env = {
+        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
+        "CAPTION_MODEL": "none",
+        "LABEL_CACHE_DIR": str(label_cache),
+        "MAX_ITEMS": str(SEARCH_MAX_ITEMS),
+        "MAX_BODY_BYTES": str(SEARCH_MAX_BODY),
+    }
+    with served(home, **env) as url:
+        yield Server(url, home, label_cache)
+
+
 @pytest.fixture(scope="session")
 def hf_url(tiny_models, tmp_path_factory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("bentoml-hf")

@@ -42,54 +42,12 @@ async def vectorize_all(url: str) -> list[tuple[int, list[float]]]:
         return await asyncio.gather(*(one(data) for data in IMAGES))
 
 
+# The CLIP-only deployment first: the fresh server's slowed build (below) keeps a core busy
+# for as long as that server runs, which is to the end of the module.
 @pytest.fixture(scope="module")
-def fresh(tiny_models, tmp_path_factory):
-    home = tmp_path_factory.mktemp("bentoml-fresh")
-    env = {
-        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
-        "CAPTION_MODEL": str(tiny_models["blip"]),
-        "LABEL_CACHE_DIR": str(home / "label-cache"),
-        "BULK_SLICE_MS": "0.001",  # one label per model call: the build takes minutes
-        "REQUEST_TIMEOUT_S": "60",  # so interrogation waits for the tables 30 s at most
-    }
-    with served(home, **env) as url:
-        yield url
-
-
-def test_clip_answers_a_burst_while_the_tables_build(fresh):
-    assert tables(fresh)["state"] == "building"
-    results = asyncio.run(vectorize_all(fresh))
-    assert [status for status, _ in results] == [200] * 64, results[:3]
-    alone = httpx.post(f"{fresh}/vectorize", content=IMAGES[5]).json()["vector"]
-    got, expected = np.array(results[5][1]), np.array(alone)
-    assert got @ expected / np.linalg.norm(got) / np.linalg.norm(expected) >= 0.99999
-    text = httpx.post(f"{fresh}/encode", json=[{"text": "a cat"}], timeout=30)
-    assert text.status_code == 200, text.text
-    assert tables(fresh)["state"] == "building"  # all of this happened during the build
-
-
-def test_interrogation_before_the_tables_is_a_503_with_progress(fresh):
-    before = tables(fresh)
-    assert before["state"] == "building" and before["labels_total"] == 111_908
-    response = httpx.post(f"{fresh}/interrogate", json=IMAGE_BODY, timeout=30)
-    assert response.status_code == 503, response.text
-    assert 5 <= int(response.headers["retry-after"]) <= 300
-    message = response.json()["error"]
-    assert "labels embedded" in message and "of 111,908" in message, message
-    analyze = httpx.post(f"{fresh}/analyze", json=IMAGE_BODY, timeout=30)
-    assert analyze.status_code == 503 and "labels embedded" in analyze.json()["error"]
-
-
-@pytest.fixture(scope="module")
-def clip_only(tiny_models, tmp_path_factory):
-    home = tmp_path_factory.mktemp("bentoml-clip-only")
-    env = {
-        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
-        "CAPTION_MODEL": "none",
-        "LABEL_CACHE_DIR": str(home / "label-cache"),
-    }
-    with served(home, **env) as url:
-        yield url, home
+def clip_only(clip_only_server):
+    """The session's CLIP-only server (shared with tests/test_ui_browser.py)."""
+    return clip_only_server.url, clip_only_server.home
 
 
 @pytest.mark.parametrize(
@@ -141,3 +99,41 @@ def test_demo_page_hides_interrogation_on_a_clip_only_server(clip_only, browser)
     wait_text(browser, "#model-info", lambda text: text.endswith("CLIP only"))
     assert not browser.find_element(By.ID, "describe-section").is_displayed()
     assert browser.find_element(By.ID, "classify-form").is_displayed()
+
+
+@pytest.fixture(scope="module")
+def fresh(tiny_models, tmp_path_factory):
+    home = tmp_path_factory.mktemp("bentoml-fresh")
+    env = {
+        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
+        "CAPTION_MODEL": str(tiny_models["blip"]),
+        "LABEL_CACHE_DIR": str(home / "label-cache"),
+        "BULK_SLICE_MS": "0.001",  # one label per model call: the build takes minutes
+        "REQUEST_TIMEOUT_S": "60",  # so interrogation waits for the tables 30 s at most
+    }
+    with served(home, **env) as url:
+        yield url
+
+
+def test_clip_answers_a_burst_while_the_tables_build(fresh):
+    assert tables(fresh)["state"] == "building"
+    results = asyncio.run(vectorize_all(fresh))
+    assert [status for status, _ in results] == [200] * 64, results[:3]
+    alone = httpx.post(f"{fresh}/vectorize", content=IMAGES[5]).json()["vector"]
+    got, expected = np.array(results[5][1]), np.array(alone)
+    assert got @ expected / np.linalg.norm(got) / np.linalg.norm(expected) >= 0.99999
+    text = httpx.post(f"{fresh}/encode", json=[{"text": "a cat"}], timeout=30)
+    assert text.status_code == 200, text.text
+    assert tables(fresh)["state"] == "building"  # all of this happened during the build
+
+
+def test_interrogation_before_the_tables_is_a_503_with_progress(fresh):
+    before = tables(fresh)
+    assert before["state"] == "building" and before["labels_total"] == 111_908
+    response = httpx.post(f"{fresh}/interrogate", json=IMAGE_BODY, timeout=30)
+    assert response.status_code == 503, response.text
+    assert 5 <= int(response.headers["retry-after"]) <= 300
+    message = response.json()["error"]
+    assert "labels embedded" in message and "of 111,908" in message, message
+    analyze = httpx.post(f"{fresh}/analyze", json=IMAGE_BODY, timeout=30)
+    assert analyze.status_code == 503 and "labels embedded" in analyze.json()["error"]

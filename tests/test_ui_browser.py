@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,13 +23,11 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import b64, image_bytes, make_image, served
+from tests.conftest import SEARCH_MAX_BODY, SEARCH_MAX_ITEMS, b64, image_bytes, make_image
 
 pytestmark = pytest.mark.served
 
 WAIT_S = 300  # the first interrogation waits for the label tables to be embedded
-SEARCH_MAX_ITEMS = 6  # MAX_ITEMS of the CLIP-only server: a few more images are refused
-SEARCH_MAX_BODY = 1024 * 1024  # its MAX_BODY_BYTES: one large image is refused
 
 
 @pytest.fixture(scope="module")
@@ -47,18 +44,9 @@ def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clip_only_url(tiny_models, tmp_path_factory) -> Iterator[str]:
+def clip_only_url(clip_only_server) -> str:
     """A CLIP-only server (CAPTION_MODEL=none): the search needs nothing else."""
-    home = tmp_path_factory.mktemp("bentoml-ui-clip-only")
-    env = {
-        "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
-        "CAPTION_MODEL": "none",
-        "LABEL_CACHE_DIR": str(home / "label-cache"),
-        "MAX_ITEMS": str(SEARCH_MAX_ITEMS),
-        "MAX_BODY_BYTES": str(SEARCH_MAX_BODY),
-    }
-    with served(home, **env) as url:
-        yield url
+    return clip_only_server.url
 
 
 @pytest.fixture(scope="module")
