@@ -233,10 +233,13 @@ SEARCH_MAX_BODY = 1024 * 1024  # its MAX_BODY_BYTES: one large image is refused
 @pytest.fixture(scope="session")
 def clip_only_server(tiny_models, tmp_path_factory) -> Iterator[Server]:
     """A CLIP-only server (CAPTION_MODEL=none), with small MAX_ITEMS and MAX_BODY_BYTES for
-    the demo page's search; its LABEL_CACHE_DIR must stay unwritten."""
+    the demo page's search; its LABEL_CACHE_DIR must stay unwritten. It runs with the
+    shipped BentoML configuration, as docs/configuration.md says to serve
+    (tests/test_startup.py checks that it was applied)."""
     home = tmp_path_factory.mktemp("bentoml-clip-only")
     label_cache = home / "label-cache"
     env = {
+        "BENTOML_CONFIG": "configuration.yaml",
         "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
         "CAPTION_MODEL": "none",
         "LABEL_CACHE_DIR": str(label_cache),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, serve_env, served
+from tests.conftest import REPO, free_port, serve_env
 
 pytestmark = pytest.mark.served
 
@@ -54,13 +55,13 @@ def test_bad_spec_exits_naming_it(tmp_path, tiny_models):
     assert "error: '/no/such/model': no such directory" in result.stderr
 
 
-def test_the_shipped_bentoml_configuration_is_accepted(tmp_path, tiny_models):
-    """`BENTOML_CONFIG=configuration.yaml bentoml serve`, as docs/configuration.md says."""
-    clip = str(tiny_models["hf-clip"])
-    with served(
-        tmp_path, BENTOML_CONFIG="configuration.yaml", CLIP_MODEL=clip, CAPTION_MODEL="none"
-    ) as url:
-        assert httpx.post(f"{url}/encode", json=[{"text": "a cat"}]).status_code == 200
-    log = next(tmp_path.glob("serve-*.log")).read_text()
+def test_the_shipped_bentoml_configuration_is_accepted(clip_only_server):
+    """`BENTOML_CONFIG=configuration.yaml bentoml serve`, as docs/configuration.md says: the
+    session's CLIP-only server is started so (tests/conftest.py)."""
+    url = clip_only_server.url
+    assert httpx.post(f"{url}/encode", json=[{"text": "a cat"}]).status_code == 200
+    deadline = time.monotonic() + 30
+    while "path=/encode," not in (log := clip_only_server.log()):  # its access log setting
+        assert time.monotonic() < deadline, log[-3000:]
+        time.sleep(0.2)
     assert "Applying user config override from path: configuration.yaml" in log
-    assert "path=/encode," in log  # its access log setting
