@@ -32,6 +32,7 @@ from tests.conftest import (
     REPO,
     _wait_ready,
     b64,
+    copy_label_tables,
     free_port,
     image_bytes,
     make_image,
@@ -159,11 +160,14 @@ class Split:
 
 
 @pytest.fixture(scope="module")
-def split(tiny_models, tmp_path_factory) -> Iterator[Split]:
+def split(tiny_models, tmp_path_factory, open_clip_server) -> Iterator[Split]:
     home = tmp_path_factory.mktemp("bentoml-split")
     models = {
         "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
         "CAPTION_MODEL": str(tiny_models["blip"]),
+        # The session server's tables: the encoder loads them in seconds instead of encoding
+        # them for a minute while the entry starts and the tests run.
+        "LABEL_CACHE_DIR": str(copy_label_tables(open_clip_server, home / "label-cache")),
     }
     use_netns = _netns_usable()
     with contextlib.ExitStack() as stack:
@@ -259,7 +263,7 @@ def test_cut_link_gives_clean_5xx_and_service_recovers(split):
 def test_a_model_service_served_alone_has_the_guards(split):
     """`bentoml serve runners.clip_encoder:ClipEncoder` installs what the combined server
     does: the request-head deadline closes a connection whose head never ends, and the
-    project's log lines (the label-table build's) reach its log."""
+    project's log lines (the label tables') reach its log."""
     encoder = urlsplit(split.encoder)
     with socket.create_connection((encoder.hostname, encoder.port), timeout=30) as sock:
         sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: encoder\r\n")  # no blank line: unfinished
