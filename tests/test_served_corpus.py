@@ -65,7 +65,8 @@ def embedding_size(server) -> int:
 
 @pytest.fixture(scope="module")
 def label_tables(server) -> None:
-    """Build the label-table embeddings once, before the routes that rank them."""
+    """The label tables ready before the routes that rank them (the session server has
+    built them by now; this waits, and asks again, should they not be)."""
     body = {"image": {"img_blob": b64(image_bytes(make_image(1, (32, 32))))}, "top_k": 1}
     deadline = time.monotonic() + LABEL_TIMEOUT
     while True:  # a build past the server's request timeout goes on: ask again
