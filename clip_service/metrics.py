@@ -10,9 +10,12 @@ Queue wait and depth, batch size and batch time come from each model service's s
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
+from pathlib import Path
 
-from prometheus_client import Counter, Gauge, Histogram
+import psutil
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 from clip_service.scheduling import Priority
 
@@ -69,11 +72,31 @@ LABEL_CACHE = Counter(
 )
 
 
+def forget_dead_processes(directory: str | None = None) -> list[int]:
+    """Drop the live gauges (the queue depth) of service processes that died without saying
+    so: a killed worker's last value would otherwise be summed with the live ones forever,
+    and an autoscaler would keep scaling for a queue nobody has. The pids dropped."""
+    directory = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return []
+    dead = {
+        int(path.stem.rsplit("_", 1)[1])
+        for path in Path(directory).glob("gauge_live*_*.db")
+        if path.stem.rsplit("_", 1)[1].isdigit()
+    }
+    dead = sorted(pid for pid in dead if not psutil.pid_exists(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return dead
+
+
 class SchedulerMetrics:
-    """A model service's scheduler, reported per method and priority class."""
+    """A model service's scheduler, reported per method and priority class. Made when the
+    service's worker starts, which drops the live gauges its dead predecessors left."""
 
     def __init__(self, service: str) -> None:
         self.service = service
+        forget_dead_processes()
 
     def waited(self, method: str, priority: Priority, seconds: float) -> None:
         QUEUE_WAIT.labels(self.service, method, priority.value).observe(seconds)

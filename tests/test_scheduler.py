@@ -289,3 +289,26 @@ def test_queue_depth_counts_the_items_waiting_per_class_and_returns_to_zero() ->
         assert set(recorder.depth.values()) == {0}
 
     run(scenario())
+
+
+def test_a_dead_workers_queue_depth_is_dropped_when_a_worker_starts(tmp_path) -> None:
+    """A killed model worker cannot mark itself dead: the next worker's metrics drop its
+    live gauge files (summed into the queue depth), and keep everything else."""
+    import os
+    import subprocess
+    import sys
+
+    from clip_service.metrics import forget_dead_processes
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    files = [
+        f"gauge_livesum_{gone.pid}.db",
+        f"gauge_livesum_{os.getpid()}.db",
+        f"counter_{gone.pid}.db",
+        f"histogram_{gone.pid}.db",
+    ]
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    assert forget_dead_processes(str(tmp_path)) == [gone.pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files[1:])
