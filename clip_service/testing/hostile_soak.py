@@ -46,7 +46,12 @@ from clip_service.testing.hostile_corpus import (
     error_message,
     good_requests,
 )
-from clip_service.testing.soak import latency_summary, memory_report, run_clients
+from clip_service.testing.soak import (
+    latency_summary,
+    memory_report,
+    outcome_totals,
+    run_clients,
+)
 
 
 @dataclass
@@ -157,9 +162,7 @@ async def soak(args: argparse.Namespace) -> dict:
             session, args, (good, bad), answers, tally, deadline, seed
         ),
     )
-    outcomes = Counter()
-    for (_, outcome), count in tally.outcomes.items():
-        outcomes[outcome] += count
+    outcomes = outcome_totals(tally.outcomes)
     accounted = sum(outcomes.values())
     return {
         "url": url,

@@ -245,6 +245,14 @@ async def run_clients(
     return elapsed, samples
 
 
+def outcome_totals(by_kind: Counter[tuple[str, str]]) -> Counter[str]:
+    """Counts per outcome, over every request kind."""
+    totals: Counter[str] = Counter()
+    for (_, outcome), count in by_kind.items():
+        totals[outcome] += count
+    return totals
+
+
 def latency_summary(latencies: list[float]) -> dict[str, float]:
     return {f"p{q}_s": round(float(np.percentile(latencies, q)), 3) for q in (50, 99)}
 
@@ -260,9 +268,7 @@ async def soak(args: argparse.Namespace) -> dict:
             session, tally, url, deadline, seed, args.request_timeout
         ),
     )
-    outcomes = Counter()
-    for (_, outcome), count in tally.outcomes.items():
-        outcomes[outcome] += count
+    outcomes = outcome_totals(tally.outcomes)
     accounted = sum(outcomes.values())
     return {
         "url": url,
