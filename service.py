@@ -70,6 +70,12 @@ class ClipApi(EmbeddingRoutes, ClassificationRoutes, InterrogationRoutes):
         Drain("entry").install()
         self.entry.jobs.start()
 
+    @bentoml.on_shutdown
+    async def stop_jobs(self) -> None:
+        """This worker's unfinished jobs fail now, saying to submit them again, rather than
+        when their lease runs out."""
+        await self.entry.jobs.stop()
+
     async def __is_ready__(self) -> bool:
         """/readyz: 503 at once while a model service is down, restarting or unreachable."""
         return await self.entry.ready()

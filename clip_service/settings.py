@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # interrogation waits for label tables that are still being built only if they should be
     # ready within it; otherwise it is answered 503 at once with the build's progress.
     request_timeout_s: float = Field(600, gt=0)
+    # State every replica shares (jobs, their progress, custom label tables), in Redis at
+    # this URL (redis://host:6379/0), set alike on the entry and encoder replicas. Unset: a
+    # SQLite file (JOBS_DB) and a directory (CUSTOM_TABLES_DIR) on this host.
+    redis_url: str | None = None
     # Jobs (POST /jobs/...): a SQLite file every entry worker shares; finished jobs are kept
     # this long; at most this many run at once per entry worker, and this many unfinished.
     jobs_db: Path = Path.home() / ".cache" / "clip-service" / "jobs.sqlite3"

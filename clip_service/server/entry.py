@@ -19,11 +19,15 @@ from clip_service.server.interrogation import (
     InterrogatingEncoder,
     InterrogationPipeline,
 )
-from clip_service.server.jobs import JobRegistry
+from clip_service.server.jobs import JobRegistry, ProgressSource
 from clip_service.server.openai_embeddings import OpenAIEmbeddings
 from clip_service.server.upstream import dependencies_ready
 from clip_service.server.weaviate import WeaviateVectorizer
 from clip_service.settings import Settings
+from clip_service.state import redis_client
+from clip_service.state.job_store import JobStore
+from clip_service.state.progress import RedisProgress
+from clip_service.state.stores import job_store
 
 
 class ClipEncoderClient(EncoderClient, InterrogatingEncoder, CustomTablesEncoder, Protocol):
@@ -67,10 +71,9 @@ class Entry:
                 Admission(settings.max_interrogations, settings.max_queued_interrogations),
             )
         jobs = JobRegistry(
-            settings.jobs_db,
+            *_job_state(settings, interrogation),
             settings.max_running_jobs,
             settings.max_unfinished_jobs,
-            settings.job_ttl_s,
             settings.job_timeout_s,
         )
         return cls(
@@ -99,3 +102,20 @@ class Entry:
     async def ready(self) -> bool:
         """Whether every model service answers its readiness probe (503 at once when not)."""
         return await dependencies_ready(self.dependencies, self.settings.readiness_timeout_s)
+
+
+def _job_state(
+    settings: Settings, interrogation: InterrogationPipeline | None
+) -> tuple[JobStore, ProgressSource]:
+    """Where jobs and their progress are kept: Redis when ``REDIS_URL`` is set (replicas on
+    several hosts; the encoders write progress there too), else the host's SQLite file with
+    progress asked of the encoder."""
+    store = job_store(settings.redis_url, settings.jobs_db, settings.job_ttl_s)
+    if settings.redis_url:
+        return store, RedisProgress(redis_client.connect(settings.redis_url)).read
+    return store, interrogation.chain_step if interrogation else _no_progress
+
+
+async def _no_progress(key: str) -> None:
+    """A CLIP-only deployment runs no chain."""
+    return None

@@ -80,7 +80,7 @@ class InterrogationRoutes:
         are still a 400 here); poll ``GET /jobs/{id}``, fetch ``GET /jobs/{id}/result``."""
         request = _prompt_request(mode, caption, min_flavors, max_flavors, label_tables)
         work = await self._interrogation(image, request)
-        return _accepted(self.entry.jobs.submit("interrogate", work))
+        return _accepted(await self.entry.jobs.submit("interrogate", work))
 
     @bentoml.api(route="/analyze")
     @takes("image")
@@ -118,7 +118,7 @@ class InterrogationRoutes:
     async def submit_text_extraction(self, image: bytes, /) -> JobStatus:
         """``/extract_text`` as a job (see ``/jobs/interrogate``)."""
         work = await self._text_extraction(image)
-        return _accepted(self.entry.jobs.submit("extract_text", work))
+        return _accepted(await self.entry.jobs.submit("extract_text", work))
 
     async def _interrogation(
         self, image: ImageItem, request: PromptRequest

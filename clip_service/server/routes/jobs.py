@@ -17,7 +17,7 @@ NO_JOB = {404: {"description": "no such job (or finished over JOB_TTL_S ago)"}}
 async def job_status(job_id: str, entry: EntryDep) -> JobStatus:
     """A job's state (queued, running, succeeded, failed, cancelled) and, while a best-mode
     chain runs, its step."""
-    return await entry.jobs.status(job_id, entry.interrogating().chain_step)
+    return await entry.jobs.status(job_id)
 
 
 @router.get(
@@ -27,11 +27,11 @@ async def job_status(job_id: str, entry: EntryDep) -> JobStatus:
 @guard
 async def job_result(job_id: str, entry: EntryDep) -> JSONResponse:
     """A finished job's answer, as its route would have given it; 409 until it is done."""
-    return JSONResponse(entry.jobs.result(job_id))
+    return JSONResponse(await entry.jobs.result(job_id))
 
 
 @router.delete("/jobs/{job_id}", response_model=JobStatus, responses=NO_JOB)
 @guard
 async def cancel_job(job_id: str, entry: EntryDep) -> JobStatus:
     """Cancel a queued or running job; a finished one is left as it is."""
-    return entry.jobs.cancel(job_id)
+    return await entry.jobs.cancel(job_id)
