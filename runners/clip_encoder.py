@@ -27,6 +27,7 @@ from clip_service.interrogation.custom_tables import (
 )
 from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TablesStatus
+from clip_service.interrogation.table_lists import DirectoryTableLists, TableLists
 from clip_service.metrics import SchedulerMetrics
 from clip_service.models.clip import ModelInfo
 from clip_service.models.factory import load_configured_clip_model, pick_device
@@ -35,6 +36,9 @@ from clip_service.models.precision import plan
 from clip_service.models.specs import parse_clip_spec
 from clip_service.scheduling import Priority
 from clip_service.settings import get_settings
+from clip_service.state import redis_client
+from clip_service.state.progress import RedisProgress
+from clip_service.state.redis_tables import RedisTableLists
 from runners.model_service import (
     answer_overload_with_429,
     exit_unless_loadable,
@@ -73,11 +77,16 @@ class ClipEncoder:
     @bentoml.on_startup
     def start_label_tables(self) -> None:
         """Custom label tables, and interrogation's, load, download or build from the start,
-        at the lowest priority (interrogation's: not for a CLIP-only deployment)."""
+        at the lowest priority (interrogation's: not for a CLIP-only deployment). With a
+        shared store (``REDIS_URL``), the custom tables' lists and the chains' progress are
+        there, for every replica."""
         settings = self.settings
-        self.engine.start_custom_tables(
-            settings.custom_tables_dir, settings.label_cache_dir, self.custom_table_limits
-        )
+        lists: TableLists = DirectoryTableLists(settings.custom_tables_dir)
+        if settings.redis_url:
+            client = redis_client.connect(settings.redis_url)
+            lists = RedisTableLists(client)
+            self.engine.publish_progress = RedisProgress(client).report
+        self.engine.start_custom_tables(lists, settings.label_cache_dir, self.custom_table_limits)
         if settings.interrogation:
             self.engine.build_label_tables(settings.label_cache_dir, settings.label_tables_download)
 
@@ -137,25 +146,25 @@ class ClipEncoder:
     @bentoml.api
     async def custom_tables(self) -> list[CustomTableStatus]:
         """The custom label tables and how far each is."""
-        return self.engine.custom_tables().statuses()
+        return await self.engine.custom_tables().statuses()
 
     @bentoml.api
     async def put_custom_table(self, name: str, labels: list[str]) -> CustomTableStatus | None:
         """Store a custom table (checked by the caller) and start embedding it; none when
         there are too many tables."""
         custom = self.engine.custom_tables()
-        return custom.put(check_table(name, labels, self.custom_table_limits))
+        return await custom.put(check_table(name, labels, self.custom_table_limits))
 
     @bentoml.api
     async def delete_custom_table(self, name: str) -> bool:
-        return self.engine.custom_tables().delete(name)
+        return await self.engine.custom_tables().delete(name)
 
     @bentoml.api
     async def rank_custom_tables(
         self, image_features: np.ndarray, names: list[str], top_k: int
     ) -> dict[str, Ranking]:
         """Each named custom table's top-k terms for raw image features."""
-        return self.engine.rank_custom_tables(image_features, names, top_k)
+        return await self.engine.rank_custom_tables(image_features, names, top_k)
 
     @bentoml.api
     def count_tokens(self, texts: list[str]) -> list[int]:

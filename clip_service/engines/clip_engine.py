@@ -9,7 +9,7 @@ prompt or the top labels come out.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from clip_service.interrogation.label_cache import LabelCache, LabelTables
 from clip_service.interrogation.labels import read_label_tables
 from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TableBuild, TablesStatus
+from clip_service.interrogation.table_lists import TableLists
 from clip_service.models.clip import ClipModel, ModelInfo
 from clip_service.scheduling import Admission, Method, Priority, Scheduler, SchedulerObserver
 
@@ -93,6 +94,8 @@ class ClipEngine:
         self.tables: TableBuild | None = None
         self._interrogator: Interrogator | None = None
         self._progress: dict[str, ChainProgress] = {}
+        # Where else a chain's steps go: the shared store, for entry replicas on other hosts.
+        self.publish_progress: Callable[[str, int, int], None] | None = None
         self.custom: CustomTables | None = None
 
     async def encode_images(
@@ -111,28 +114,28 @@ class ClipEngine:
         return self.model.info()
 
     def start_custom_tables(
-        self, directory: Path, cache_dir: Path, limits: CustomTableLimits
+        self, lists: TableLists, cache_dir: Path, limits: CustomTableLimits
     ) -> None:
-        """Take up the custom label tables in ``directory`` (embedded in the background)."""
+        """Take up the stored custom label tables (embedded in the background)."""
 
         async def encode(texts: Sequence[str]) -> np.ndarray:
             return await self.encode_texts(texts, Priority.BACKGROUND)
 
         cache = LabelCache(cache_dir, self.model.spec.raw, encode, progress=False)
-        self.custom = CustomTables(directory, cache, limits)
-        self.custom.refresh()
+        self.custom = CustomTables(lists, cache, limits)
+        self.custom.start()
 
     def custom_tables(self) -> CustomTables:
         if self.custom is None:
             raise RuntimeError("custom label tables were not started")
         return self.custom
 
-    def rank_custom_tables(
+    async def rank_custom_tables(
         self, image_features: np.ndarray, names: Sequence[str], top_k: int
     ) -> dict[str, Ranking]:
         scale = self.model.info().logit_scale
         custom = self.custom_tables()
-        return {name: custom.ranked(image_features, name, top_k, scale) for name in names}
+        return {name: await custom.ranked(image_features, name, top_k, scale) for name in names}
 
     def build_label_tables(self, cache_dir: Path, download: bool) -> None:
         """Start making the interrogation label tables in the background (once).
@@ -199,6 +202,8 @@ class ClipEngine:
 
         def report(step: int, steps: int) -> None:
             self._progress[key] = ChainProgress(step=step, steps=steps)
+            if self.publish_progress is not None:
+                self.publish_progress(key, step, steps)
 
         return report
 

@@ -1,23 +1,20 @@
 """Your own label tables: named term lists, embedded once and ranked against images.
 
 clip-interrogator's most requested feature is ranking an image against one's own terms
-(its ``LabelTable(terms, name, ci)``). Here a list is a file ``<name>.txt`` in one directory
-(one term per line; put there by hand, or uploaded through the API, which writes the file),
-embedded as its terms alone, exactly as ``LabelTable`` does, through the model's scheduler
-at background priority, and cached by model and list hash like the built-in tables (so an
-unchanged list is never embedded twice, and an edited one is embedded again). Every model
-worker reads the directory, so an upload reaches all of them.
+(its ``LabelTable(terms, name, ci)``). Here a list is kept where every model worker reads
+it (:mod:`.table_lists`: a directory on one host, Redis across hosts), embedded as its
+terms alone, exactly as ``LabelTable`` does, through the model's scheduler at background
+priority, and cached by model and list hash like the built-in tables (so an unchanged list
+is never embedded twice, and an edited one is embedded again). Every worker takes up new
+and changed lists within :data:`REFRESH_S`, so an upload through any replica reaches all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -26,6 +23,7 @@ from pydantic import BaseModel
 from clip_service.errors import InvalidInput
 from clip_service.interrogation.label_cache import LabelCache, TableEmbeddings
 from clip_service.interrogation.labels import LabelTable
+from clip_service.interrogation.table_lists import NAME, Read, TableLists
 from clip_service.models.ranking import rank
 
 if TYPE_CHECKING:
@@ -33,8 +31,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-SUFFIX = ".txt"
+# How often every worker takes up new, changed and removed lists (besides on each use).
+REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -90,49 +88,42 @@ def check_table(name: str, labels: Sequence[str], limits: CustomTableLimits) -> 
 
 
 class CustomTables:
-    """One model worker's custom tables: the directory's lists, each embedded in turn."""
+    """One model worker's custom tables: the stored lists, each embedded in turn."""
 
-    def __init__(self, directory: Path, cache: LabelCache, limits: CustomTableLimits) -> None:
-        self.directory, self.cache, self.limits = directory, cache, limits
+    def __init__(self, lists: TableLists, cache: LabelCache, limits: CustomTableLimits) -> None:
+        self.lists, self.cache, self.limits = lists, cache, limits
         self.tables: dict[str, LabelTable] = {}
         self.embedded: dict[str, TableEmbeddings] = {}
-        self.errors: dict[str, str] = {}  # why a table is unusable: its file, or embedding
-        # Each file as last read, keyed by name: ((mtime, size), its table or its problem).
-        self._read: dict[str, tuple[tuple[int, int], LabelTable | str]] = {}
+        self.errors: dict[str, str] = {}  # why a table is unusable: its list, or embedding
+        self._read: dict[str, Read] = {}
         self._queue: asyncio.Queue[LabelTable] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        self._watcher: asyncio.Task | None = None
 
-    def put(self, table: LabelTable) -> CustomTableStatus | None:
+    def start(self) -> None:
+        """Take up the stored lists now and every :data:`REFRESH_S` (in the serving loop)."""
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def put(self, table: LabelTable) -> CustomTableStatus | None:
         """Store a checked list (replacing one of the same name) and embed it; None when
         there are already ``max_tables`` others."""
-        files = self._files()
-        if table.name not in files and len(files) >= self.limits.max_tables:
+        if not await self.lists.write(table, self.limits.max_tables):
             return None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{table.name}{SUFFIX}"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("\n".join(table.labels) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        self.refresh()
-        return self.status(table.name)
+        await self.refresh()
+        return self._status_of(table.name)
 
-    def delete(self, name: str) -> bool:
-        path = self.directory / f"{name}{SUFFIX}"
-        if not NAME.fullmatch(name) or not path.is_file():
-            return False
-        path.unlink()
-        self.refresh()
-        return True
+    async def delete(self, name: str) -> bool:
+        removed = await self.lists.remove(name)
+        await self.refresh()
+        return removed
 
-    def refresh(self) -> None:
-        """Take up the directory's lists: new or changed ones are embedded, removed ones
-        dropped. Called on every use: a directory listing, and only the files whose size
-        or modification time changed are read again."""
-        self._read = {name: self._read_file(name, path) for name, path in self._files().items()}
-        found = {name: read for name, (_, read) in self._read.items() if not isinstance(read, str)}
-        bad_files = {name: read for name, (_, read) in self._read.items() if isinstance(read, str)}
+    async def refresh(self) -> None:
+        """Take up the stored lists: new or changed ones are embedded, removed ones dropped."""
+        self._read = await self.lists.read(self._check)
+        found = {name: read for name, read in self._read.items() if not isinstance(read, str)}
+        bad_lists = {name: read for name, read in self._read.items() if isinstance(read, str)}
         # An embedding failure stays with its table until the table changes.
-        self.errors = {name: e for name, e in self.errors.items() if name in found} | bad_files
+        self.errors = {name: e for name, e in self.errors.items() if name in found} | bad_lists
         for name in set(self.tables) - set(found):
             self.tables.pop(name)
             self.embedded.pop(name, None)
@@ -145,18 +136,15 @@ class CustomTables:
         if self._worker is None and not self._queue.empty():
             self._worker = asyncio.get_running_loop().create_task(self._embed_queued())
 
-    def status(self, name: str) -> CustomTableStatus:
-        return self._status_of(name)
-
-    def statuses(self) -> list[CustomTableStatus]:
-        self.refresh()
+    async def statuses(self) -> list[CustomTableStatus]:
+        await self.refresh()
         return [self._status_of(name) for name in sorted(self._read)]
 
-    def ranked(
+    async def ranked(
         self, image_features: np.ndarray, name: str, top_k: int, logit_scale: float
     ) -> Ranking:
         """The table's top-k terms for the image, or why there are none."""
-        self.refresh()
+        await self.refresh()
         if name not in self._read:
             return Ranking(status=None)
         embedded = self.embedded.get(name)
@@ -184,28 +172,16 @@ class CustomTables:
         state = "ready" if name in self.embedded else "building"
         return CustomTableStatus(name=name, labels=labels, state=state)
 
-    def _read_file(self, name: str, path: Path) -> tuple[tuple[int, int], LabelTable | str]:
-        """(the file's mtime and size, its checked table or what is wrong with it); the
-        last reading again if the file did not change."""
-        stat = path.stat()
-        signature = (stat.st_mtime_ns, stat.st_size)
-        last = self._read.get(name)
-        if last is not None and last[0] == signature:
-            return last
-        labels = [line.strip() for line in path.read_text("utf-8", "replace").splitlines()]
-        try:
-            return signature, check_table(name, [label for label in labels if label], self.limits)
-        except InvalidInput as exc:
-            return signature, f"{path}: {exc}"
+    def _check(self, name: str, labels: list[str]) -> LabelTable:
+        return check_table(name, labels, self.limits)
 
-    def _files(self) -> dict[str, Path]:
-        if not self.directory.is_dir():
-            return {}
-        return {
-            path.name[: -len(SUFFIX)]: path
-            for path in sorted(self.directory.glob(f"*{SUFFIX}"))
-            if NAME.fullmatch(path.name[: -len(SUFFIX)])
-        }
+    async def _watch(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the store unreachable: the last lists stay in use
+                logger.warning("custom label tables not refreshed: %s", exc)
+            await asyncio.sleep(REFRESH_S)
 
     async def _embed_queued(self) -> None:
         try:
