@@ -274,3 +274,20 @@ def test_an_unreachable_redis_is_a_retryable_503_naming_the_store() -> None:
             assert e.value.status == 503 and e.value.headers["Retry-After"]
 
     asyncio.run(main())
+
+
+def test_a_stopping_worker_fails_its_jobs_at_once(where) -> None:
+    async def main() -> None:
+        jobs, other = registry(where), registry(where)
+
+        async def endless(key: str) -> Answer:
+            await asyncio.sleep(60)
+            raise AssertionError("not reached")
+
+        job = await jobs.submit("a", endless)
+        await asyncio.sleep(0.05)
+        await jobs.stop()  # the service's shutdown hook
+        lost = await other.status(job.id)  # long before its 15 s lease runs out
+        assert (lost.status, lost.error) == ("failed", GONE)
+
+    asyncio.run(main())
