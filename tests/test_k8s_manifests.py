@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import kubernetes_validate
@@ -14,16 +15,32 @@ from tests.conftest import REPO
 
 K8S = REPO / "deploy" / "k8s"
 MODEL_SERVICES = {"clip-encoder": "ClipEncoder", "blip-captioner": "BlipCaptioner"}
+# The Deployments that keep state a second replica must see: jobs (the entry) and custom
+# label tables (the encoder). The settings naming where it lives without REDIS_URL.
+SHARE_STATE = ("clip-api", "clip-encoder")
+STATE_PATHS = ("JOBS_DB", "CUSTOM_TABLES_DIR")
+IMAGE_HOME = PurePosixPath("/home/bentoml")  # the Bento image's user's home
+
+
+def _resources(folder: Path, visited: tuple[Path, ...] = ()) -> list[dict]:
+    """The objects a kustomization applies, through the kustomizations it builds on. As
+    kustomize, refuses a cycle: a folder built on a folder that contains one it came from."""
+    folder = folder.resolve()
+    for seen in visited:
+        assert folder != seen and folder not in seen.parents, f"a cycle: {folder} holds {seen}"
+    found = []
+    for resource in yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]:
+        path = folder / resource
+        if path.is_dir():
+            found += _resources(path, (*visited, folder))
+        else:
+            found += list(yaml.safe_load_all(path.read_text()))
+    return found
 
 
 @pytest.fixture(scope="module")
 def objects() -> dict[tuple[str, str], dict]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    found = {}
-    for resource in kustomization["resources"]:
-        for doc in yaml.safe_load_all((K8S / resource).read_text()):
-            found[doc["kind"], doc["metadata"]["name"]] = doc
-    return found
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in _resources(K8S)}
 
 
 def _container(objects: dict, name: str) -> dict:
@@ -34,7 +51,7 @@ def _container(objects: dict, name: str) -> dict:
 def test_each_service_is_a_deployment_with_a_service(objects):
     names = {"clip-api", *MODEL_SERVICES}
     assert {n for k, n in objects if k == "Deployment"} == names
-    assert {n for k, n in objects if k == "Service"} == names
+    assert {n for k, n in objects if k == "Service"} == names | {"redis"}
     for name in names:
         deployment, service = objects["Deployment", name], objects["Service", name]
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -68,7 +85,7 @@ def test_settings_are_real_and_urls_reach_the_model_services(objects):
     fields = {name.upper() for name in Settings.model_fields}
     for name in ("clip-api", *MODEL_SERVICES):
         env = [e["name"] for e in _container(objects, name).get("env", [])]
-        assert set(env) <= fields, env
+        assert set(env) - {"HF_HOME"} <= fields, env  # and Hugging Face's cache
     assert {k for k in config if not k.startswith("BENTOML_")} <= fields
     for setting, service in (
         ("CLIP_ENCODER_URL", "clip-encoder"),
@@ -79,6 +96,78 @@ def test_settings_are_real_and_urls_reach_the_model_services(objects):
         assert url.port in {p["port"] for p in objects["Service", service]["spec"]["ports"]}
 
 
+def _environment(objects: dict, container: dict) -> dict[str, str]:
+    """A container's environment: its ConfigMaps' data, then its own env entries."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(objects["ConfigMap", source["configMapRef"]["name"]]["data"])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def _state_path(env: dict[str, str], setting: str) -> PurePosixPath:
+    """Where a container keeps a kind of state without REDIS_URL: its setting, or the
+    default under the image's home."""
+    if setting in env:
+        return PurePosixPath(env[setting])
+    default = Settings.model_fields[setting.lower()].default
+    return IMAGE_HOME / Path(default).relative_to(Path.home())
+
+
+def test_replicas_share_their_state_through_the_redis_service(objects):
+    """Entry and encoder pods get the same REDIS_URL, naming the redis Service's port."""
+    urls = {
+        name: _environment(objects, _container(objects, name)).get("REDIS_URL")
+        for name in SHARE_STATE
+    }
+    assert None not in urls.values(), urls
+    assert len(set(urls.values())) == 1, urls
+    url = urlparse(urls["clip-api"])
+    service = objects["Service", "redis"]["spec"]
+    assert (url.scheme, url.hostname) == ("redis", "redis")
+    (port,) = [p for p in service["ports"] if p["port"] == url.port]
+    redis = objects["StatefulSet", "redis"]["spec"]
+    pod = redis["template"]
+    assert service["selector"].items() <= pod["metadata"]["labels"].items()
+    assert redis["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    assert port["targetPort"] in {p["name"] for p in container["ports"]}
+
+
+def test_redis_keeps_its_data_on_a_persistent_volume(objects):
+    redis = objects["StatefulSet", "redis"]["spec"]
+    assert redis["replicas"] == 1 and redis["serviceName"] == "redis"
+    (container,) = redis["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[0] == "redis-server"
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--protected-mode") + 1] == "no"  # clients are other pods
+    data = args[args.index("--dir") + 1]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == data]
+    claims = {c["metadata"]["name"]: c["spec"] for c in redis["volumeClaimTemplates"]}
+    assert mount["name"] in claims
+    assert claims[mount["name"]]["resources"]["requests"]["storage"]
+    assert not redis["template"]["spec"].get("volumes")  # no emptyDir beside it
+
+
+def test_no_state_on_an_empty_dir(objects):
+    """emptyDir only for caches: no mount of one holds where a pod would keep jobs or tables."""
+    for (kind, name), manifest in objects.items():
+        if kind not in ("Deployment", "StatefulSet"):
+            continue
+        pod = manifest["spec"]["template"]["spec"]
+        empty = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+        for container in pod["containers"]:
+            env = _environment(objects, container)
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] not in empty:
+                    continue
+                under = PurePosixPath(mount["mountPath"])
+                for setting in STATE_PATHS:
+                    path = _state_path(env, setting)
+                    assert under != path and under not in path.parents, (name, setting, under)
+
+
 def test_the_autoscaling_overlay_scales_model_services_on_the_queue_depth_they_export(objects):
     """deploy/k8s/autoscaling: every HPA targets a model-service Deployment of the base and
     reads the gauge the scheduler exports, by labels it has and values they take."""
@@ -87,14 +176,14 @@ def test_the_autoscaling_overlay_scales_model_services_on_the_queue_depth_they_e
 
     (name,) = (family.name for family in QUEUE_DEPTH.describe())
     overlay = K8S / "autoscaling"
-    resources = yaml.safe_load((overlay / "kustomization.yaml").read_text())["resources"]
-    assert ".." in resources
-    hpas = [
-        doc
-        for resource in resources
-        if resource != ".."
-        for doc in yaml.safe_load_all((overlay / resource).read_text())
-    ]
+    applied = _resources(overlay)
+    base = {
+        (doc["kind"], doc["metadata"]["name"])
+        for doc in applied
+        if doc["kind"] != "HorizontalPodAutoscaler"
+    }
+    assert base == set(objects)  # the whole deployment, and the HPAs
+    hpas = [doc for doc in applied if doc["kind"] == "HorizontalPodAutoscaler"]
     assert {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas} == set(MODEL_SERVICES)
     for hpa in hpas:
         spec = hpa["spec"]
@@ -117,13 +206,20 @@ def test_the_autoscaling_overlay_scales_model_services_on_the_queue_depth_they_e
 
 def _manifests() -> list[dict]:
     """Every Kubernetes object deploy/k8s and its autoscaling overlay apply."""
-    found = []
+    found = {}
     for folder in (K8S, K8S / "autoscaling"):
-        kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
-        for resource in kustomization["resources"]:
-            if resource != "..":
-                found += list(yaml.safe_load_all((folder / resource).read_text()))
-    return found
+        for doc in _resources(folder):
+            found[doc["kind"], doc["metadata"]["name"]] = doc
+    return list(found.values())
+
+
+def test_the_kustomizations_refuse_a_cycle():
+    """What kustomize refuses ('contains visited root') is refused here too: an overlay
+    built on the folder it lies in (deploy/k8s/autoscaling on deploy/k8s)."""
+    with pytest.raises(AssertionError, match="autoscaling"):
+        _resources(K8S / "autoscaling", (K8S / "autoscaling",))
+    with pytest.raises(AssertionError):
+        _resources(K8S, (K8S / "autoscaling",))
 
 
 @pytest.mark.parametrize(
