@@ -258,18 +258,25 @@ def test_a_job_waits_while_the_model_services_are_busy(where) -> None:
     asyncio.run(main())
 
 
-def test_an_unreachable_redis_is_a_retryable_503_naming_the_store() -> None:
-    async def main() -> None:
-        with socket.socket() as unused:  # a port nothing listens on
+@pytest.mark.parametrize("failure", ["down", "refusing"])
+def test_an_unavailable_redis_is_a_retryable_503_naming_the_store(failure, request) -> None:
+    """Down (nothing listens) or refusing (here a database it does not have; protected
+    mode, a wrong password or a full memory alike): a 503 to retry, never a 500."""
+    if failure == "down":
+        with socket.socket() as unused:
             unused.bind(("127.0.0.1", 0))
             url = f"redis://127.0.0.1:{unused.getsockname()[1]}/0"
+    else:
+        url = request.getfixturevalue("redis_url").removesuffix("/0") + "/99"  # 16 exist
+
+    async def main() -> None:
         jobs = registry(url)
 
         async def quick(key: str) -> Answer:
             return Answer(text="never")
 
         for call in (jobs.submit("a", quick), jobs.status("0" * 32), jobs.cancel("0" * 32)):
-            with pytest.raises(Unavailable, match=r"state store \(Redis\) is unreachable") as e:
+            with pytest.raises(Unavailable, match=r"state store \(Redis\) is unavailable") as e:
                 await call
             assert e.value.status == 503 and e.value.headers["Retry-After"]
 

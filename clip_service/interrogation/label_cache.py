@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,7 +190,8 @@ class LabelCache:
     def _write(self, path: Path, table: LabelTable, embeds: np.ndarray, origin: Origin) -> None:
         """Write via a temporary file and rename, so readers never see a partial file."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # A name of its own: writers in other containers sharing the folder may have this pid.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         meta = {"format": _FORMAT, "model_key": self.model_key, "hash": table.hash}
         save_file({"embeds": embeds}, tmp, metadata={**meta, "table": table.name, "origin": origin})
         os.replace(tmp, path)

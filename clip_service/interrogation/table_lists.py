@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -68,7 +69,8 @@ class DirectoryTableLists:
             return False
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{table.name}{SUFFIX}"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # A name of its own: writers in other containers sharing the folder may have this pid.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(unparse(table), encoding="utf-8")
         os.replace(tmp, path)
         return True

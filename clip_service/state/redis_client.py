@@ -6,8 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import redis.asyncio as redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from clip_service.errors import Unavailable
 
@@ -33,9 +32,10 @@ def connect(url: str) -> redis.Redis:
 
 @contextlib.contextmanager
 def reachable(what: str) -> Iterator[None]:
-    """Redis unreachable (down, restarting, cut off) as a retryable 503 naming ``what``."""
+    """Redis unreachable (down, restarting, cut off) or refusing (a password, protected
+    mode, out of memory: its operator's to fix) as a retryable 503 naming ``what``."""
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        message = f"{what}: the state store (Redis) is unreachable ({exc}); retry shortly"
+    except (RedisError, OSError) as exc:
+        message = f"{what}: the state store (Redis) is unavailable ({exc}); retry shortly"
         raise Unavailable(message, RETRY_AFTER_S) from exc
