@@ -6,6 +6,8 @@ import contextlib
 from collections.abc import Iterator
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from clip_service.errors import Unavailable
@@ -26,6 +28,10 @@ def connect(url: str) -> redis.Redis:
         socket_timeout=TIMEOUT_S,
         socket_connect_timeout=TIMEOUT_S,
         health_check_interval=30,
+        # After a Redis restart every pooled connection is dead, found so by its next
+        # command: retried on a fresh connection, not answered 503 (the writes are
+        # idempotent or guarded by the job's state).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
         decode_responses=True,
     )
 
