@@ -8,11 +8,11 @@ The compose file validates without a Docker daemon; the test reads the topology 
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -157,14 +157,30 @@ def _forwards(compose: dict, url: str) -> list[tuple[str, int]]:
 def test_config_validates_without_a_daemon_and_has_the_topology(compose):
     services = compose["services"]
     assert set(services) == SERVICES
+    targets = {}
     for name, (bento_service, replicas) in BENTO.items():
         spec = services[name]
         assert spec.get("scale", 1) == replicas, name
         assert spec["image"] == "clip-service:latest"  # the default; CLIP_SERVICE_IMAGE
         args = spec["command"]
         assert args[:2] == ["bentoml", "serve"] and "--working-dir" in args
-        module, attr = args[2].split(":")
-        assert getattr(importlib.import_module(module), attr).name == bento_service
+        targets[args[2]] = bento_service
+    assert _served_names(list(targets)) == list(targets.values())
+
+
+def _served_names(targets: list[str]) -> list[str]:
+    """The BentoML service name of each ``module:attr`` target, imported in a process of
+    its own: importing ``service`` here would fix its settings (read at import) for the
+    in-process tests that import it later with their own."""
+    script = (
+        "import importlib, sys\n"
+        "for target in sys.argv[1:]:\n"
+        "    module, attr = target.split(':')\n"
+        "    print(getattr(importlib.import_module(module), attr).name)\n"
+    )
+    command = [sys.executable, "-c", script, *targets]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    return done.stdout.split()
 
 
 def test_the_state_is_in_one_redis_on_a_persistent_volume(compose):
