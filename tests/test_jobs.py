@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from clip_service.errors import InvalidInput, Unavailable
 from clip_service.server.jobs import JobNotDone, JobNotFound, JobRegistry, TooManyJobs
 from clip_service.state.job_store import GONE
-from clip_service.state.stores import job_store
+from clip_service.state.stores import job_state
 from clip_service.testing.redis_server import redis_server
 from tests.conftest import REPO
 
@@ -49,13 +49,13 @@ async def no_progress(key: str) -> None:
 
 
 def _store_args(where: str) -> tuple[str | None, Path]:
-    """``job_store``'s (redis_url, jobs_db) for a Redis URL or a SQLite file."""
+    """``job_state``'s (redis_url, jobs_db) for a Redis URL or a SQLite file."""
     return (where, Path()) if where.startswith("redis://") else (None, Path(where))
 
 
 def registry(where: str, progress=no_progress, **limits) -> JobRegistry:
     """A worker's registry on the store at ``where`` (a Redis URL, or a SQLite file)."""
-    store = job_store(*_store_args(where), ttl_s=3600)
+    store, _ = job_state(*_store_args(where), ttl_s=3600)
     options = {"max_running": 2, "max_unfinished": 8, "timeout_s": 30} | limits
     return JobRegistry(store, progress, **options)
 
@@ -178,7 +178,7 @@ import os
 from pathlib import PosixPath  # the store arguments, as repr() writes them
 from pydantic import BaseModel
 from clip_service.server.jobs import JobRegistry
-from clip_service.state.stores import job_store
+from clip_service.state.stores import job_state
 
 class Answer(BaseModel):
     text: str
@@ -187,7 +187,7 @@ async def no_progress(key):
     return None
 
 async def main():
-    store = job_store(*{_store_args(where)!r}, ttl_s=3600)
+    store, _ = job_state(*{_store_args(where)!r}, ttl_s=3600)
     jobs = JobRegistry(store, no_progress, 2, 8, 30, lease_s=0.5)
     async def quick(key): return Answer(text="kept")
     async def endless(key): await asyncio.sleep(60)

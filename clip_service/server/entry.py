@@ -24,10 +24,8 @@ from clip_service.server.openai_embeddings import OpenAIEmbeddings
 from clip_service.server.upstream import dependencies_ready
 from clip_service.server.weaviate import WeaviateVectorizer
 from clip_service.settings import Settings
-from clip_service.state import redis_client
 from clip_service.state.job_store import JobStore
-from clip_service.state.progress import RedisProgress
-from clip_service.state.stores import job_store
+from clip_service.state.stores import job_state
 
 
 class ClipEncoderClient(EncoderClient, InterrogatingEncoder, CustomTablesEncoder, Protocol):
@@ -110,9 +108,9 @@ def _job_state(
     """Where jobs and their progress are kept: Redis when ``REDIS_URL`` is set (replicas on
     several hosts; the encoders write progress there too), else the host's SQLite file with
     progress asked of the encoder."""
-    store = job_store(settings.redis_url, settings.jobs_db, settings.job_ttl_s)
-    if settings.redis_url:
-        return store, RedisProgress(redis_client.connect(settings.redis_url)).read
+    store, shared_progress = job_state(settings.redis_url, settings.jobs_db, settings.job_ttl_s)
+    if shared_progress:
+        return store, shared_progress.read
     return store, interrogation.chain_step if interrogation else _no_progress
 
 

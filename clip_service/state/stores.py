@@ -6,11 +6,17 @@ from pathlib import Path
 
 from clip_service.state import redis_client
 from clip_service.state.job_store import JobStore
+from clip_service.state.progress import RedisProgress
 from clip_service.state.redis_jobs import RedisJobStore
 from clip_service.state.sqlite_jobs import SqliteJobStore
 
 
-def job_store(redis_url: str | None, jobs_db: Path, ttl_s: float) -> JobStore:
+def job_state(
+    redis_url: str | None, jobs_db: Path, ttl_s: float
+) -> tuple[JobStore, RedisProgress | None]:
+    """The job store, and where chains' progress is shared when it is (Redis: one client,
+    so one connection pool, serves both). ``None``: progress is asked of the encoder."""
     if redis_url:
-        return RedisJobStore(redis_client.connect(redis_url), ttl_s)
-    return SqliteJobStore(jobs_db, ttl_s)
+        client = redis_client.connect(redis_url)
+        return RedisJobStore(client, ttl_s), RedisProgress(client)
+    return SqliteJobStore(jobs_db, ttl_s), None
