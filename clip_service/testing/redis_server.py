@@ -34,19 +34,23 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
-        """Start it (again, on the same directory and port) and wait until it answers."""
+    def command(self) -> list[str]:
+        """The server's command line: loopback, append-only file in ``directory``."""
         executable = shutil.which("redis-server")
         if executable is None:
             raise RuntimeError(MISSING)
         self.directory.mkdir(parents=True, exist_ok=True)
         command = [executable, "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--dir", str(self.directory), "--appendonly", "yes", "--save", ""]
-        command += ["--appendfsync", "everysec", "--daemonize", "no"]
+        return [*command, "--appendfsync", "everysec", "--daemonize", "no"]
+
+    def start(self) -> None:
+        """Start it (again, on the same directory and port) and wait until it answers."""
+        command = self.command()
         with (self.directory / "redis.log").open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
-        while not self._answers():
+        while not self.answers():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start: see {self.directory}/redis.log")
             time.sleep(0.05)
@@ -56,7 +60,8 @@ class RedisServer:
             os.kill(self.process.pid, sig)
             self.process.wait(10)
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether it answers ``PING``."""
         with (
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", self.port), 1) as s,

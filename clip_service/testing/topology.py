@@ -41,6 +41,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from clip_service.testing.redis_server import RedisServer
+
 PROJECT = Path(__file__).resolve().parents[2]  # service.py and runners/ (bentoml serve's cwd)
 ENCODERS = ("encoder-1", "encoder-2")
 ENTRIES = ("entry-1", "entry-2")
@@ -272,18 +274,6 @@ def _http_ready(url: str) -> Callable[[], bool]:
     return ready
 
 
-def _redis_ready(port: int) -> Callable[[], bool]:
-    def ready() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    return ready
-
-
 def _socket_ready(path: Path) -> Callable[[], bool]:
     def ready() -> bool:
         try:
@@ -359,7 +349,8 @@ def topology(
     ports = {name: free_port() for name in ("redis", "encoders", "front", "captioner")}
     ports |= {name: free_port() for name in (*ENCODERS, *ENTRIES)}
     url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    redis_url = f"redis://127.0.0.1:{ports['redis']}/0"
+    redis_server = RedisServer(root / "redis", ports["redis"])
+    redis_url = redis_server.url
     common = {
         "CLIP_MODEL": f"local-dir:{models / 'open-clip'}",
         "CAPTION_MODEL": str(models / "blip"),
@@ -371,18 +362,12 @@ def topology(
     def service_env(name: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         return {**common, **(extra or {}), **(replica_env or {}).get(name, {})}
 
-    (root / "redis").mkdir(parents=True)
-    redis_command = [
-        "redis-server",
-        *("--bind", "127.0.0.1", "--port", str(ports["redis"]), "--dir", str(root / "redis")),
-        *("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
-    ]
     redis = Replica(
         "redis",
-        redis_command,
+        redis_server.command(),
         dict(os.environ),
         root / "redis" / "log",
-        _redis_ready(ports["redis"]),
+        redis_server.answers,
     )
     encoders = {n: url[n] for n in ENCODERS}
     entries = {n: url[n] for n in ENTRIES}
