@@ -31,16 +31,28 @@ from npy_append_array.npy_append_array import (
     needs_recovery,
     recover,
 )
+from PIL import Image
 from tqdm import tqdm
 
 from clip_service.errors import InvalidInput
-from clip_service.inputs.images import decode_image
+from clip_service.inputs.images import REFUSED_FORMATS, decode_image
 from clip_service.models.clip import ClipModel
 from clip_service.models.preprocess import build_preprocessor
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif"}
-)
+
+def _image_suffixes() -> frozenset[str]:
+    """File name endings of the formats Pillow opens and the server decodes: not its stubs
+    (which identify a file but cannot decode it), MPEG (likewise) or refused formats."""
+    Image.init()
+    undecodable = {"BUFR", "GRIB", "HDF5", "WMF", "MPEG", *REFUSED_FORMATS}
+    return frozenset(
+        suffix
+        for suffix, kind in Image.registered_extensions().items()
+        if kind in Image.OPEN and kind not in undecodable
+    )
+
+
+IMAGE_SUFFIXES = _image_suffixes()
 
 
 class BulkEncodeError(RuntimeError):
@@ -62,13 +74,22 @@ class Encoder(Protocol):
     def encode(self, root: Path, names: Sequence[str]) -> Encoded: ...
 
 
+def split_files(root: Path) -> tuple[list[str], list[str]]:
+    """Image files under ``root`` (recursive, by suffix) and the other files, each as sorted
+    POSIX paths relative to ``root``. Hidden files and folders (``.git``, a run's temporary
+    files) are neither."""
+    images, others = [], []
+    for path in root.rglob("*"):
+        name = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in name.split("/")) or not path.is_file():
+            continue
+        (images if path.suffix.lower() in IMAGE_SUFFIXES else others).append(name)
+    return sorted(images), sorted(others)
+
+
 def find_images(root: Path) -> list[str]:
     """Image files under ``root`` (recursive, by suffix), as sorted POSIX relative paths."""
-    return sorted(
-        path.relative_to(root).as_posix()
-        for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-    )
+    return split_files(root)[0]
 
 
 class InProcessEncoder:

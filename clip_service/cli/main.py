@@ -21,6 +21,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from clip_service.cli.bulk_encode import BulkEncodeError
+from clip_service.cli.caption_dir import Summary
+from clip_service.cli.caption_targets import CAPTION, MODES
 from clip_service.interrogation.hub_tables import published_tables
 from clip_service.interrogation.label_cache import LabelCache
 from clip_service.interrogation.labels import read_label_tables
@@ -274,6 +276,96 @@ def encode_dir(
         click.echo(f"skipped {name}: {problem}", err=True)
     click.echo(
         f"{out}: {summary.encoded} encoded, {summary.already} already there, "
+        f"{len(summary.failed)} skipped"
+    )
+
+
+@main.command("caption-dir")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--url", "--server", "url", default=None,
+              help="A running server's URL; default: the models in this process.")  # fmt: skip
+@click.option("--api-key", envvar="CLIP_SERVICE_API_KEY", default=None,
+              help="The server's API key (default: CLIP_SERVICE_API_KEY).")  # fmt: skip
+@click.option("--mode", type=click.Choice(MODES), default=CAPTION, show_default=True,
+              help="caption: the captioner's caption; best, classic, fast, negative: the "
+              "interrogation prompt of that mode.")  # fmt: skip
+@click.option("--detail", default=None,
+              help="The caption's level of detail, sent to a server's /caption as 'detail' "
+              "(captioners with levels, e.g. Florence-2).")  # fmt: skip
+@click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="One JSONL file (file_name, text, ...) instead of NAME.txt beside each "
+              "image.")  # fmt: skip
+@click.option("--prefix", default="", help="Text before each caption, e.g. 'mytoken, '.")
+@click.option("--suffix", default="", help="Text after each caption.")
+@click.option("--overwrite", is_flag=True, help="Describe again the images already done.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images in flight: raise it with the server's replicas.")  # fmt: skip
+@model_option
+@caption_option
+@cache_option
+@one_line_errors
+def caption_dir(
+    directory: Path,
+    url: str | None,
+    api_key: str | None,
+    mode: str,
+    detail: str | None,
+    jsonl: Path | None,
+    prefix: str,
+    suffix: str,
+    overwrite: bool,
+    concurrency: int,
+    model_name: str,
+    caption_model: str,
+    label_cache_dir: Path | None,
+) -> None:
+    """Caption (or interrogate) every image under DIRECTORY, recursively; re-run to resume.
+
+    Each result is written as it arrives: NAME.txt beside the image (the LoRA trainers'
+    convention; one that has text is done), or a line of --jsonl. Files that are not images
+    are left alone; images that cannot be read are reported and skipped.
+    """
+    from clip_service.cli.caption_dir import JsonLines, TextFiles, Texts
+    from clip_service.cli.caption_dir import caption_dir as run
+    from clip_service.cli.caption_targets import InProcess, ServerTarget
+
+    if not directory.is_dir():
+        raise click.ClickException(f"{directory}: no such directory")
+    if detail is not None and mode != CAPTION:
+        raise click.ClickException("--detail is the caption's: use it with --mode caption")
+    if url is not None:
+        target: ServerTarget | InProcess = ServerTarget(url, mode, api_key=api_key, detail=detail)
+    else:
+        settings = settings_with(
+            clip_model=model_name, caption_model=caption_model, label_cache_dir=label_cache_dir
+        )
+        target = InProcess(settings, mode, detail)
+    output = JsonLines(jsonl, overwrite) if jsonl else TextFiles(directory, overwrite)
+
+    async def describe_all() -> Summary:
+        try:
+            if isinstance(target, ServerTarget):
+                await target.check()
+            else:
+                await target.start(concurrency)
+            texts = Texts(prefix, suffix)
+            return await run(directory, target, output, texts=texts, concurrency=concurrency)
+        finally:
+            if isinstance(target, ServerTarget):
+                await target.close()
+
+    try:
+        summary = asyncio.run(describe_all())
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted: what was written is kept; run again") from None
+    finally:
+        output.close()
+    for name, problem in summary.failed:
+        click.echo(f"skipped {name}: {problem}", err=True)
+    if summary.ignored:
+        click.echo(f"ignored {len(summary.ignored)} files that are not images", err=True)
+    click.echo(
+        f"{jsonl or directory}: {summary.written} written, {summary.already} already there, "
         f"{len(summary.failed)} skipped"
     )
 
