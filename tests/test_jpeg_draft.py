@@ -72,6 +72,8 @@ class _Encoder:
             backend="open_clip",
             embedding_size=8,
             logit_scale=1.0,
+            scoring="softmax",
+            logit_bias=None,
             context_length=77,
             device="cpu",
             dtype="float32",

@@ -133,9 +133,9 @@ class ClipEngine:
     async def rank_custom_tables(
         self, image_features: np.ndarray, names: Sequence[str], top_k: int
     ) -> dict[str, Ranking]:
-        scale = self.model.info().logit_scale
+        scoring = self.model.scoring
         custom = self.custom_tables()
-        return {name: await custom.ranked(image_features, name, top_k, scale) for name in names}
+        return {name: await custom.ranked(image_features, name, top_k, scoring) for name in names}
 
     def build_label_tables(self, cache_dir: Path, download: bool) -> None:
         """Start making the interrogation label tables in the background (once).

@@ -24,7 +24,7 @@ from clip_service.errors import InvalidInput
 from clip_service.interrogation.label_cache import LabelCache, TableEmbeddings
 from clip_service.interrogation.labels import LabelTable
 from clip_service.interrogation.table_lists import NAME, Read, TableLists
-from clip_service.models.ranking import rank
+from clip_service.models.ranking import Scoring, rank
 
 if TYPE_CHECKING:
     from clip_service.settings import Settings
@@ -60,7 +60,7 @@ class CustomTableStatus(BaseModel):
 class RankedTerm(BaseModel):
     label: str
     cosine: float
-    probability: float  # softmax of the model's logits over the whole table
+    probability: float  # by the model's rule: softmax over the whole table, or sigmoid
 
 
 class Ranking(BaseModel):
@@ -141,7 +141,7 @@ class CustomTables:
         return [self._status_of(name) for name in sorted(self._read)]
 
     async def ranked(
-        self, image_features: np.ndarray, name: str, top_k: int, logit_scale: float
+        self, image_features: np.ndarray, name: str, top_k: int, scoring: Scoring
     ) -> Ranking:
         """The table's top-k terms for the image, or why there are none."""
         await self.refresh()
@@ -151,7 +151,7 @@ class CustomTables:
         if embedded is None:
             return Ranking(status=self._status_of(name))
         image = np.asarray(image_features, dtype=np.float32).reshape(1, -1)
-        probabilities, cosines = (row[0] for row in rank(image, embedded.embeds, logit_scale))
+        probabilities, cosines = (row[0] for row in rank(image, embedded.embeds, scoring))
         top = np.argsort(-cosines, kind="stable")[:top_k]
         terms = [
             RankedTerm(

@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel
 
 from clip_service.models.preprocess import PreprocessConfig
+from clip_service.models.ranking import Scoring, ScoringRule
 from clip_service.models.specs import ClipSpec
 from clip_service.models.text_prefix import (
     PrefixCache,
@@ -42,6 +43,10 @@ class ModelSummary(BaseModel):
     backend: str
     embedding_size: int
     logit_scale: float
+    # How /rank, /classify and custom tables turn cosines into probabilities: "softmax"
+    # over the candidates (CLIP), or "sigmoid" of each pair with ``logit_bias`` (SigLIP).
+    scoring: ScoringRule
+    logit_bias: float | None
     context_length: int
     device: str
     # dtype of the torch weights; precision and image_runtime say how images are encoded
@@ -49,6 +54,10 @@ class ModelSummary(BaseModel):
     dtype: str
     precision: str
     image_runtime: str
+
+    def scorer(self) -> Scoring:
+        """The model's rule for probabilities (:mod:`clip_service.models.ranking`)."""
+        return Scoring(self.scoring, self.logit_scale, self.logit_bias)
 
 
 class ModelInfo(ModelSummary):
@@ -77,6 +86,17 @@ class ClipModel(ABC):
     @abstractmethod
     def logit_scale(self) -> float:
         """``exp`` of the model's learned log temperature, as used for its logits."""
+
+    @property
+    def logit_bias(self) -> float | None:
+        """The learned bias of a sigmoid-trained model (SigLIP); None for CLIP."""
+        return None
+
+    @property
+    def scoring(self) -> Scoring:
+        """The rule the model was trained with: a learned bias means SigLIP's sigmoid loss."""
+        bias = self.logit_bias
+        return Scoring("softmax" if bias is None else "sigmoid", self.logit_scale, bias)
 
     @property
     @abstractmethod
@@ -175,11 +195,14 @@ class ClipModel(ABC):
         return features.float().cpu().numpy()
 
     def info(self) -> ModelInfo:
+        scoring = self.scoring
         return ModelInfo(
             spec=self.spec.raw,
             backend=self.spec.backend,
             embedding_size=self.embedding_size,
-            logit_scale=self.logit_scale,
+            logit_scale=scoring.logit_scale,
+            scoring=scoring.rule,
+            logit_bias=scoring.logit_bias,
             context_length=self.context_length,
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
@@ -206,3 +229,8 @@ def unavailable_message(spec: ClipSpec, exc: BaseException) -> str:
 
 def log_to_scale(log_scale: torch.Tensor) -> float:
     return math.exp(log_scale.detach().float().item())
+
+
+def bias_value(bias: torch.Tensor | None) -> float | None:
+    """A learned ``logit_bias`` as a float (None: the model has none)."""
+    return None if bias is None else float(bias.detach().float().item())

@@ -7,6 +7,7 @@ the other.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,6 +57,17 @@ def load_clip_model(
     except (OSError, RuntimeError, ValueError) as exc:
         raise ModelUnavailableError(unavailable_message(spec, exc)) from exc
     model.precision = run.precision
+    if run.image_runtime == "onnx" and "max_num_patches" in model.preprocess_config.params:
+        # SigLIP 2 NaFlex: each image gets a patch grid of its own, and the ONNX image tower
+        # is exported for one fixed image size. ``auto`` picks torch; asked for, refused.
+        if image_runtime == "onnx" or run.precision == "int8":
+            raise ModelUnavailableError(
+                f"Cannot serve CLIP model {spec.raw!r} with IMAGE_RUNTIME=onnx (or "
+                "CLIP_PRECISION=int8): its image processor gives each image a patch grid of "
+                "its own (SigLIP 2 NaFlex), and the ONNX image tower takes one fixed image "
+                "size. Use IMAGE_RUNTIME=torch (in fp32 or bf16)."
+            )
+        run = replace(run, image_runtime="torch")
     if run.image_runtime == "onnx":
         from clip_service.models.image_runtime import load_onnx_image_tower
 

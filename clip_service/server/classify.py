@@ -1,8 +1,10 @@
 """Zero-shot classification: an image against labels, the caller's or a stored set's.
 
-A label is scored as CLIP's zero-shot classifier does: the text ``template`` filled with
-the label is encoded, and the probabilities are the softmax over the group's labels of
-``logit_scale * cosine``. Stored sets are encoded once per process and kept.
+A label is scored as the model's zero-shot classifier does: the text ``template`` filled
+with the label is encoded, and the probabilities follow the model's rule
+(:mod:`clip_service.models.ranking`): CLIP's softmax over the group's labels of
+``logit_scale * cosine``, or SigLIP's sigmoid of each label's ``logit_scale * cosine +
+logit_bias``. Stored sets are encoded once per process and kept.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def parse_template(template: str, field: str = "template") -> Template:
 
 @dataclass(frozen=True)
 class LabelSet:
-    """Named groups of mutually exclusive labels; each group gets its own softmax."""
+    """Named groups of mutually exclusive labels; each group gets its own softmax (under
+    the sigmoid rule each label is scored alone)."""
 
     groups: Mapping[str, tuple[str, ...]]
     template: str = DEFAULT_TEMPLATE
@@ -148,7 +151,7 @@ class Classifier:
             vectors = {None: await self.items.encoder.encode_texts(texts)}
         scores = []
         for name, group in groups.items():
-            probabilities, cosines = rank(image_vector[None], vectors[name], info.logit_scale)
+            probabilities, cosines = rank(image_vector[None], vectors[name], info.scorer())
             order = np.argsort(-probabilities[0], kind="stable")[:top_k]
             scores += [
                 Score(group[i], float(probabilities[0, i]), float(cosines[0, i]), name)

@@ -54,7 +54,9 @@ Items = Annotated[list[Item], Field(min_length=1, max_length=_settings.max_items
 
 class RankResult(BaseModel):
     probabilities: list[list[float]] = Field(
-        description="per query, softmax over the candidates of logit_scale * cosine"
+        description="per query and candidate, by the model's rule (GET /model scoring): "
+        "softmax over the candidates of logit_scale * cosine (CLIP), or "
+        "sigmoid(logit_scale * cosine + logit_bias) per pair (SigLIP)"
     )
     cosine_similarities: list[list[float]]
 

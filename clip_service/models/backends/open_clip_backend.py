@@ -12,7 +12,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import ResidualAttentionBlock, text_global_pool
 from torch import nn
 
-from clip_service.models.clip import ClipModel, log_to_scale
+from clip_service.models.clip import ClipModel, bias_value, log_to_scale
 from clip_service.models.preprocess import PreprocessConfig
 from clip_service.models.specs import ClipSpec
 from clip_service.models.text_prefix import PrefixLayer, PrefixTower
@@ -41,6 +41,12 @@ class OpenClipModel(ClipModel):
         return log_to_scale(self.model.logit_scale)
 
     @property
+    def logit_bias(self) -> float | None:
+        # open_clip's CLIP and CustomTextCLIP have one when built with init_logit_bias:
+        # its SigLIP configs (trained with SigLipLoss).
+        return bias_value(getattr(self.model, "logit_bias", None))
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(kind="open_clip", params=dict(self.model.visual.preprocess_cfg))
 
@@ -67,8 +73,10 @@ class OpenClipModel(ClipModel):
     def _count_tokens(self, texts: Sequence[str]) -> list[int]:
         if isinstance(self.tokenizer, SimpleTokenizer):
             return [len(self.tokenizer.encode(text)) + 2 for text in texts]
-        # open_clip's HFTokenizer wraps a transformers tokenizer that adds its own markers.
-        return [len(ids) for ids in self.tokenizer.tokenizer(list(texts))["input_ids"]]
+        # open_clip's HFTokenizer wraps a transformers tokenizer that adds its own markers;
+        # it cleans texts first (SigLIP: lower case, no punctuation), so count them cleaned.
+        cleaned = [self.tokenizer.clean_fn(text) for text in texts]
+        return [len(ids) for ids in self.tokenizer.tokenizer(cleaned)["input_ids"]]
 
 
 def _can_trim(model: torch.nn.Module) -> bool:

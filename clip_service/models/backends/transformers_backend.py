@@ -1,4 +1,5 @@
-"""transformers ``CLIPModel`` checkpoints: Hub repo ids and ``save_pretrained`` directories."""
+"""transformers ``CLIPModel``, ``SiglipModel`` and ``Siglip2Model`` checkpoints: Hub repo ids
+and ``save_pretrained`` directories."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoImageProcessor, AutoTokenizer, BatchEncoding, CLIPModel
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    BatchEncoding,
+    CLIPModel,
+    Siglip2Model,
+    SiglipModel,
+)
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
-from clip_service.models.clip import ClipModel, log_to_scale
-from clip_service.models.preprocess import PreprocessConfig
+from clip_service.models.clip import ClipModel, bias_value, log_to_scale
+from clip_service.models.preprocess import PreprocessConfig, unpack_patches
 from clip_service.models.specs import ClipSpec
 from clip_service.models.text_prefix import PrefixLayer, PrefixTower
 
@@ -20,23 +30,40 @@ class TransformersClipModel(ClipModel):
         self, spec: ClipSpec, device: torch.device, dtype: torch.dtype, trim_text: bool = True
     ) -> None:
         self.spec, self.device, self.dtype = spec, device, dtype
-        self.trim_text = trim_text
-        self.model = CLIPModel.from_pretrained(spec.name, dtype=dtype).to(device).eval()
+        model_type = AutoConfig.from_pretrained(spec.name).model_type
+        if model_type not in _MODELS:
+            raise ValueError(
+                f"a transformers {model_type!r} model; served are "
+                + ", ".join(f"{cls.__name__} ({name!r})" for name, cls in _MODELS.items())
+            )
+        self.model = AutoModel.from_pretrained(spec.name, dtype=dtype).to(device).eval()
+        # SigLIP's text tower is bidirectional and read at its last position: texts are
+        # padded to the whole context, as it was trained (and as transformers' docs say).
+        self.trim_text = trim_text and isinstance(self.model, CLIPModel)
         self.tokenizer = AutoTokenizer.from_pretrained(spec.name)
         self.image_processor = AutoImageProcessor.from_pretrained(spec.name)
         self.context_length = int(self.model.config.text_config.max_position_embeddings)
-        self.embedding_size = int(self.model.config.projection_dim)
-        self.prefix_tower = _prefix_tower(self.model) if trim_text else None
+        self.prefix_tower = _prefix_tower(self.model) if self.trim_text else None
+        self.embedding_size = int(self.encode_texts([""]).shape[-1])
 
     @property
     def logit_scale(self) -> float:
         return log_to_scale(self.model.logit_scale)
 
     @property
+    def logit_bias(self) -> float | None:
+        return bias_value(getattr(self.model, "logit_bias", None))
+
+    @property
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(kind="transformers", params=self.image_processor.to_dict())
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.model, Siglip2Model):  # patches, as preprocess.py packs them
+            patches, mask, shapes = unpack_patches(pixels)
+            return self.model.get_image_features(
+                pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes
+            ).pooler_output
         return self.model.get_image_features(pixel_values=pixels).pooler_output
 
     def _tokenize(self, texts: list[str], trim: bool) -> BatchEncoding:
@@ -66,6 +93,9 @@ class TransformersClipModel(ClipModel):
 
     def _count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
+
+_MODELS = {"clip": CLIPModel, "siglip": SiglipModel, "siglip2": Siglip2Model}
 
 
 def _prefix_tower(model: CLIPModel) -> PrefixTower | None:

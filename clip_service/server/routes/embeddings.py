@@ -64,14 +64,15 @@ class EmbeddingRoutes:
     @takes("rank")
     @guard
     async def rank(self, queries: Items, candidates: Items) -> RankResult:
-        """Each query against all candidates: softmax probabilities and cosines."""
+        """Each query against all candidates: probabilities (by the model's rule, see
+        ``scoring`` in ``GET /model``) and cosines."""
         items, settings = self.entry.items, self.entry.settings
         check_rank_pairs(len(queries), len(candidates), settings.max_rank_pairs)
         check_url_items([*queries, *candidates], "queries, candidates", settings.max_url_items)
         query_vectors = await items.encode_items(queries, "queries")
         candidate_vectors = await items.encode_items(candidates, "candidates")
         info = await items.model_info()
-        probabilities, cosines = rank(query_vectors, candidate_vectors, info.logit_scale)
+        probabilities, cosines = rank(query_vectors, candidate_vectors, info.scorer())
         return RankResult(
             probabilities=probabilities.tolist(), cosine_similarities=cosines.tolist()
         )
