@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     caption_model: str = "blip-base"
     caption_max_batch_size: int = Field(8, ge=1)
     caption_workers: int = Field(1, ge=1)
-    caption_max_new_tokens: int = Field(32, ge=1)
+    # Unset: the captioner family's default (32 as 0.6.0; Florence-2: 1024, its model card's).
+    caption_max_new_tokens: int | None = Field(None, ge=1)
     caption_num_beams: int | None = Field(None, ge=1)
     caption_min_length: int | None = Field(None, ge=0)
     caption_repetition_penalty: float | None = Field(None, gt=0)

@@ -1,4 +1,5 @@
-"""BlipCaptioner: BLIP caption generation as a BentoML service, behind a scheduler.
+"""BlipCaptioner: caption generation (BLIP, BLIP-2, GIT or Florence-2) as a BentoML service,
+behind a scheduler. The name stays BLIP's, which split deployments address it by.
 
 Images arrive decoded and preprocessed by the entry service (``CaptionerInfo.preprocess``
 says how), so a batch holds only valid pixel arrays and one generate call serves it.
@@ -13,6 +14,7 @@ import numpy as np
 from clip_service.engines.caption_engine import CaptionEngine
 from clip_service.metrics import SchedulerMetrics
 from clip_service.models.captioning import (
+    CaptionDetail,
     Captioner,
     CaptionerInfo,
     CaptionPreprocessor,
@@ -57,11 +59,15 @@ class BlipCaptioner:
 
     @bentoml.api
     async def caption(
-        self, pixels: np.ndarray, priority: Priority = Priority.INTERACTIVE
+        self,
+        pixels: np.ndarray,
+        priority: Priority = Priority.INTERACTIVE,
+        detail: CaptionDetail | None = None,
     ) -> list[str]:
-        """(n, 3, H, W) preprocessed pixels -> n captions."""
+        """(n, 3, H, W) preprocessed pixels -> n captions (of ``detail``, where the model
+        offers levels; the entry checks it against ``info().caption_details``)."""
         with answer_overload_with_429():
-            return await self.engine.caption(pixels, priority)
+            return await self.engine.caption(pixels, priority, detail)
 
     @bentoml.api
     def info(self) -> CaptionerInfo:

@@ -147,7 +147,7 @@ def test_encode_dir_resumes_after_an_interruption(spec, images, tmp_path):
         (["serve", "--model-name", "ViT-B-32:nope"], "no pretrained tag 'nope'"),
         (["encode-dir", "/no/such/dir", "--out", "x.npy"], "/no/such/dir: no such directory"),
         (["encode-dir", ".", "--out", "x.npy", "--server", "http://127.0.0.1:9"], "cannot reach"),
-        (["build", "--project-dir", REPO, "--caption-model", "blip2-flan-t5-xl"], "only BLIP"),
+        (["build", "--project-dir", REPO, "--caption-model", "blip-xxl"], "not a caption model"),
     ],
 )
 def test_errors_are_one_line(args, message):
@@ -161,7 +161,9 @@ def test_list_models():
     out = ok(cli("list-models"))
     assert "ViT-B-32:openai" in out and "ViT-L-14:openai" in out
     assert "blip-large (Salesforce/blip-image-captioning-large)" in out
-    assert "openai/clip-vit-large-patch14" in out and "blip2" not in out
+    assert "openai/clip-vit-large-patch14" in out
+    assert "blip2-2.7b (Salesforce/blip2-opt-2.7b)" in out and "git-large-coco" in out
+    assert "florence-2-base (florence-community/Florence-2-base)" in out
 
 
 def test_build_ships_the_label_cache(spec, tiny_models, warm_dir, tmp_path):

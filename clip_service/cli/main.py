@@ -26,6 +26,7 @@ from clip_service.cli.caption_targets import CAPTION, MODES
 from clip_service.interrogation.hub_tables import published_tables
 from clip_service.interrogation.label_cache import LabelCache
 from clip_service.interrogation.labels import read_label_tables
+from clip_service.models.caption_families import CAPTION_ALIASES
 from clip_service.models.captioning import resolve_caption_model
 from clip_service.models.clip import ClipModel, ModelUnavailableError
 from clip_service.models.factory import load_configured_clip_model
@@ -199,7 +200,6 @@ def build(
 def list_models(contains: str) -> None:
     """Model specs to pass as --model-name / --caption-model (filtered by CONTAINS)."""
     import open_clip
-    from clip_interrogator.clip_interrogator import CAPTION_MODELS
 
     def section(title: str, lines: Sequence[str]) -> None:
         shown = [line for line in lines if contains.lower() in line.lower()]
@@ -210,12 +210,7 @@ def list_models(contains: str) -> None:
     section("presets (CLIP model, caption model)", [f"{n}: {c} {b}" for n, c, b in PRESETS])
     section("open_clip pretrained (ARCH:tag)", [f"{a}:{t}" for a, t in open_clip.list_pretrained()])
     section("Hugging Face repositories (commonly used)", list(COMMON_HF_MODELS))
-    captions = []
-    for alias in CAPTION_MODELS:
-        try:
-            captions.append(f"{alias} ({resolve_caption_model(alias)})")
-        except ModelSpecError:  # BLIP-2 and GIT aliases: not served by this project
-            continue
+    captions = [f"{alias} ({resolve_caption_model(alias)})" for alias in CAPTION_ALIASES]
     section("caption models (or an HF repo id / save_pretrained directory)", captions)
     click.echo("# or a local directory: transformers (config.json) or open_clip format")
 

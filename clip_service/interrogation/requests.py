@@ -12,6 +12,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from clip_service.interrogation.interrogator import DEFAULT_MAX_FLAVORS, Mode
+from clip_service.models.caption_families import CaptionDetail
 
 
 class PromptRequest(BaseModel):
@@ -24,6 +25,8 @@ class PromptRequest(BaseModel):
     min_flavors: int = 8
     max_flavors: int | None = None  # None: the library's default for the mode
     label_tables: tuple[str, ...] = ()  # custom label tables ranked beside the prompt
+    # The level of the caption made, where the captioner offers levels (Florence-2).
+    caption_detail: CaptionDetail | None = None
 
     @property
     def needs_caption(self) -> bool:

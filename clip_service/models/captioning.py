@@ -1,11 +1,14 @@
-"""BLIP captioning as clip-interrogator 0.6.0 does it, but batched and splittable.
+"""Captioning as clip-interrogator 0.6.0 (BLIP, BLIP-2, GIT) or the model card (Florence-2)
+does it, but batched and splittable.
 
 0.6.0's ``Interrogator.generate_caption`` captions one image: ``AutoProcessor`` preprocessing,
-``BlipForConditionalGeneration.generate(max_new_tokens=32)`` (fp16 on CUDA, fp32 elsewhere),
-``batch_decode(skip_special_tokens=True)[0].strip()``. Here one ``generate`` call serves a whole
-batch, and the two halves can live in different processes: the entry service runs
-:meth:`CaptionPreprocessor.preprocess` (CPU, no weights), the model service runs
-:meth:`Captioner.caption_pixels` on the arrays it is sent.
+``generate(max_new_tokens=32)``, ``batch_decode(skip_special_tokens=True)[0].strip()``; what
+differs per architecture is in :mod:`clip_service.models.caption_families`. Here one
+``generate`` call serves a whole batch (of one caption task), and the two halves can live in
+different processes: the entry service runs :meth:`CaptionPreprocessor.preprocess` (CPU, no
+weights), the model service runs :meth:`Captioner.caption_pixels` on the arrays it is sent.
+The text a model is prompted with (Florence-2's task prompt) does not depend on the image, so
+the model service makes it once per task and repeats it for each image of a batch.
 """
 
 from __future__ import annotations
@@ -13,28 +16,34 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from clip_interrogator.clip_interrogator import CAPTION_MODELS
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from transformers import (
     AutoConfig,
     AutoProcessor,
-    BlipForConditionalGeneration,
     PretrainedConfig,
+    PreTrainedModel,
     ProcessorMixin,
 )
 
+from clip_service.models.caption_families import (
+    CAPTION_ALIASES,
+    CaptionDetail,
+    CaptionFamily,
+    family_of_config,
+)
 from clip_service.models.clip import ModelUnavailableError
 from clip_service.models.preprocess import PreprocessConfig
 from clip_service.models.specs import ModelSpecError
 
 __all__ = [
+    "CaptionDetail",
     "CaptionPreprocessor",
     "Captioner",
     "CaptionerInfo",
@@ -45,26 +54,20 @@ __all__ = [
 
 _T = TypeVar("_T")
 _HF_REPO_ID = re.compile(r"^\w[\w.-]*/[\w.-]+$")
-# 0.6.0 loads every alias but these with BlipForConditionalGeneration (see load_caption_model).
-_NOT_BLIP_PREFIXES = ("blip2-", "git-")
-_BLIP_ARCHITECTURE = BlipForConditionalGeneration.__name__
-_ONLY_BLIP = (
-    f"only BLIP captioners ({_BLIP_ARCHITECTURE}, e.g. blip-base, blip-large) are supported"
-)
 
 
 def resolve_caption_model(spec: str) -> str:
-    """A clip-interrogator alias, Hub repo id or local directory -> what ``from_pretrained`` takes.
+    """An alias (clip-interrogator's, or ``florence-2-base``/``-large``), Hub repo id or local
+    directory -> what ``from_pretrained`` takes. Which architecture it is is read from its
+    ``config.json`` when it is loaded.
 
-    Raises :class:`ModelSpecError` (a ``ValueError``) for specs that cannot name a BLIP captioner.
+    Raises :class:`ModelSpecError` (a ``ValueError``) for specs that cannot name a captioner.
     """
     name = spec.strip()
     if not name:
         raise ModelSpecError("empty caption model spec")
-    if name in CAPTION_MODELS:
-        if name.startswith(_NOT_BLIP_PREFIXES):
-            raise ModelSpecError(f"{spec!r}: {_ONLY_BLIP}")
-        return CAPTION_MODELS[name]
+    if name in CAPTION_ALIASES:
+        return CAPTION_ALIASES[name]
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -74,7 +77,7 @@ def resolve_caption_model(spec: str) -> str:
         raise ModelSpecError(f"{spec!r}: no such directory")
     if _HF_REPO_ID.match(name):
         return name
-    aliases = ", ".join(a for a in CAPTION_MODELS if not a.startswith(_NOT_BLIP_PREFIXES))
+    aliases = ", ".join(CAPTION_ALIASES)
     raise ModelSpecError(
         f"{spec!r}: not a caption model alias ({aliases}), a Hugging Face repo id 'org/name' "
         "or a local model directory"
@@ -85,19 +88,21 @@ def resolve_caption_model(spec: str) -> str:
 class GenerationSettings:
     """``generate`` arguments for captions.
 
-    The defaults are 0.6.0's: ``max_new_tokens=32`` and the model's own generation config for
-    the rest (greedy search for the Salesforce BLIP checkpoints). ``None`` leaves a setting to
-    the model. ``min_length`` counts the decoder's start token, as transformers does.
+    ``None`` leaves a setting to the model's family (:meth:`for_family`: 0.6.0's
+    ``max_new_tokens=32`` for BLIP, BLIP-2 and GIT; Florence-2's model card's
+    ``max_new_tokens=1024, num_beams=3``), then to the model's own generation config (greedy
+    search for the Salesforce BLIP checkpoints). ``min_length`` counts the decoder's start
+    token, as transformers does.
     """
 
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = None
     num_beams: int | None = None
     min_length: int | None = None
     repetition_penalty: float | None = None
 
     def __post_init__(self) -> None:
         # Checked here so a bad server setting fails at startup, not on the first request.
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
         if self.num_beams is not None and self.num_beams < 1:
             raise ValueError("num_beams must be at least 1")
@@ -109,12 +114,24 @@ class GenerationSettings:
     def generate_kwargs(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
+    def for_family(self, family: CaptionFamily) -> GenerationSettings:
+        """These settings, with the family's defaults where they leave a setting unset."""
+        unset = {
+            key: value for key, value in family.generation.items() if getattr(self, key) is None
+        }
+        return replace(self, **unset)
+
 
 class CaptionerInfo(BaseModel):
     """What the entry service needs to know about the served captioner."""
 
     spec: str
     source: str
+    family: str = Field(description="blip, blip-2, git or florence-2")
+    caption_details: list[CaptionDetail] = Field(
+        description="the caption_detail levels it offers; empty: one kind of caption"
+    )
+    tasks: dict[CaptionDetail, str] = Field(description="each level's task token of the model")
     device: str
     dtype: str
     generation: dict[str, Any]
@@ -122,40 +139,47 @@ class CaptionerInfo(BaseModel):
 
 
 class CaptionPreprocessor:
-    """The CPU half of captioning: BLIP's processor without the model weights."""
+    """The CPU half of captioning: the model's processor without the model weights."""
 
-    def __init__(self, spec: str, source: str, processor: ProcessorMixin) -> None:
+    def __init__(
+        self, spec: str, source: str, family: CaptionFamily, processor: ProcessorMixin
+    ) -> None:
         self.spec = spec
         self.source = source  # repo id or absolute directory, for the model-info route
+        self.family = family
         self.processor = processor
 
     @classmethod
     def load(cls, spec: str) -> CaptionPreprocessor:
-        source = _load_blip_config(spec)[0]
-        return cls(spec, source, _from_pretrained(AutoProcessor.from_pretrained, spec, source))
+        source, family, _ = _load_config(spec)
+        processor = _from_pretrained(AutoProcessor.from_pretrained, spec, source)
+        return cls(spec, source, family, processor)
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Resize and normalise like 0.6.0: float32 ``N x 3 x H x W`` pixel values."""
+        """Resize and normalise as the model's processor does: float32 ``N x 3 x H x W``."""
         if not images:
             raise ValueError("no images to preprocess")
-        batch = self.processor(images=list(images), return_tensors="pt")
+        batch = self.processor.image_processor(images=list(images), return_tensors="pt")
         return batch["pixel_values"].numpy().astype(np.float32, copy=False)
 
 
 class Captioner(CaptionPreprocessor):
-    """A BLIP captioner, loaded once; ``caption(images) == caption_pixels(preprocess(images))``."""
+    """A captioner, loaded once; ``caption(images) == caption_pixels(preprocess(images))``."""
 
     def __init__(
         self,
         spec: str,
         source: str,
+        family: CaptionFamily,
         processor: ProcessorMixin,
-        model: BlipForConditionalGeneration,
+        model: PreTrainedModel,
         settings: GenerationSettings,
     ) -> None:
-        super().__init__(spec, source, processor)
+        super().__init__(spec, source, family, processor)
         self.model = model
-        self.settings = settings
+        self.settings = settings.for_family(family)
+        # The prompt inputs (no pixels) of each task, made once: they do not depend on the image.
+        self._prompts = {task: self._prompt(task) for task in [*family.tasks.values()] or [None]}
 
     @property
     def device(self) -> torch.device:
@@ -172,58 +196,85 @@ class Captioner(CaptionPreprocessor):
         device: str | None = None,
         settings: GenerationSettings = GenerationSettings(),
     ) -> Captioner:
-        """Load ``spec`` on ``device`` (default: CUDA in fp16 when present, else CPU in fp32).
+        """Load ``spec`` on ``device`` (default: CUDA when present, else CPU), in fp16 on CUDA
+        where its reference does (all but GIT), else fp32.
 
-        Raises :class:`ModelSpecError` for a non-BLIP model and :class:`ModelUnavailableError`
-        (one line) when it cannot be read, e.g. a Hub model neither cached nor downloadable.
+        Raises :class:`ModelSpecError` for a model that is no served captioner and
+        :class:`ModelUnavailableError` (one line) when it cannot be read, e.g. a Hub model
+        neither cached nor downloadable.
         """
         if device in (None, "auto"):
             device = "cuda" if torch.cuda.is_available() else "cpu"
         target = torch.device(device)
-        dtype = torch.float16 if target.type == "cuda" else torch.float32  # as 0.6.0
-        source, config = _load_blip_config(spec)
-        load_model = BlipForConditionalGeneration.from_pretrained
-        model = _from_pretrained(load_model, spec, source, config=config, dtype=dtype)
+        source, family, config = _load_config(spec)
+        half = target.type == "cuda" and family.half_on_cuda
+        dtype = torch.float16 if half else torch.float32
+        model = _from_pretrained(family.load, spec, source, config=config, dtype=dtype)
         processor = _from_pretrained(AutoProcessor.from_pretrained, spec, source)
-        return cls(spec, source, processor, model.to(target).eval(), settings)
+        return cls(spec, source, family, processor, model.to(target).eval(), settings)
 
     def info(self) -> CaptionerInfo:
         image_processor = self.processor.image_processor
         return CaptionerInfo(
             spec=self.spec,
             source=self.source,
+            family=self.family.name,
+            caption_details=self.family.details,
+            tasks=dict(self.family.tasks),
             device=str(self.device),
             dtype=str(self.dtype).removeprefix("torch."),
             generation=self.settings.generate_kwargs(),
             preprocess=PreprocessConfig(kind="transformers", params=image_processor.to_dict()),
         )
 
-    def caption(self, images: Sequence[Image.Image]) -> list[str]:
-        return self.caption_pixels(self.preprocess(images)) if images else []
+    def caption(
+        self, images: Sequence[Image.Image], detail: CaptionDetail | None = None
+    ) -> list[str]:
+        return self.caption_pixels(self.preprocess(images), detail) if images else []
 
-    def caption_pixels(self, pixel_values: np.ndarray) -> list[str]:
-        """Captions for :meth:`preprocess`'s output, one ``generate`` call for the batch."""
+    def caption_pixels(
+        self, pixel_values: np.ndarray, detail: CaptionDetail | None = None
+    ) -> list[str]:
+        """Captions for :meth:`preprocess`'s output, one ``generate`` call for the batch.
+
+        ``detail`` picks the caption task of a model that has several (None: the briefest);
+        ``ValueError`` for a model that has none.
+        """
+        task = self.family.task(detail)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"expected N x 3 x H x W pixel values, got {pixel_values.shape}")
         if len(pixel_values) == 0:
             return []
+        count = len(pixel_values)
         with torch.inference_mode():
             # torch.tensor copies, so read-only arrays (decoded from a request) are fine.
             pixels = torch.tensor(pixel_values, dtype=self.dtype, device=self.device)
-            tokens = self.model.generate(pixel_values=pixels, **self.settings.generate_kwargs())
-        texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
-        return [text.strip() for text in texts]
+            prompt = {key: value.repeat(count, 1) for key, value in self._prompts[task].items()}
+            tokens = self.model.generate(
+                pixel_values=pixels, **prompt, **self.settings.generate_kwargs()
+            )
+        if task is None:
+            texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
+            return [text.strip() for text in texts]
+        # Florence-2: its processor parses the answer, special tokens and all, per task.
+        texts = self.processor.batch_decode(tokens, skip_special_tokens=False)
+        parse = self.processor.post_process_generation
+        return [parse(text, task=task, image_size=None)[task] for text in texts]
+
+    def _prompt(self, task: str | None) -> dict[str, torch.Tensor]:
+        """The processor's non-pixel inputs for one image and ``task`` (the text prompt, empty
+        for models captioning from the image alone), on the model's device."""
+        blank = Image.new("RGB", (64, 64))
+        text = {} if task is None else {"text": task}
+        inputs = self.processor(images=blank, **text, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in inputs.items() if k != "pixel_values"}
 
 
-def _load_blip_config(spec: str) -> tuple[str, PretrainedConfig]:
-    """Resolve ``spec`` and check its config is a BLIP captioner before loading any weights."""
+def _load_config(spec: str) -> tuple[str, CaptionFamily, PretrainedConfig]:
+    """Resolve ``spec`` and find its family from its config, before loading any weights."""
     source = resolve_caption_model(spec)
     config = _from_pretrained(AutoConfig.from_pretrained, spec, source)
-    architectures = config.architectures or [_BLIP_ARCHITECTURE]
-    if config.model_type != "blip" or _BLIP_ARCHITECTURE not in architectures:
-        found = ", ".join(architectures) if config.architectures else config.model_type
-        raise ModelSpecError(f"{spec!r} is a {found} model: {_ONLY_BLIP}")
-    return source, config
+    return source, family_of_config(spec, config), config
 
 
 def _from_pretrained(load: Callable[..., _T], spec: str, source: str, **kwargs: Any) -> _T:

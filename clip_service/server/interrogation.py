@@ -24,13 +24,13 @@ import numpy as np
 
 from clip_service.concurrency import gather_or_cancel
 from clip_service.engines.clip_engine import Analysis, ChainProgress, Interrogation
-from clip_service.errors import Unavailable
+from clip_service.errors import InvalidInput, Unavailable
 from clip_service.interrogation.custom_tables import RankedTerm
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.requests import PromptRequest
 from clip_service.interrogation.table_build import TablesStatus
 from clip_service.metrics import timed_interrogation
-from clip_service.models.captioning import CaptionerInfo
+from clip_service.models.captioning import CaptionDetail, CaptionerInfo
 from clip_service.scheduling import Admission, Overloaded, Priority
 from clip_service.server import deadlines
 from clip_service.server.custom_tables import RemoteCustomTables
@@ -63,7 +63,9 @@ MIN_RETRY_S, MAX_RETRY_S = 5, 300
 class CaptionerClient(Protocol):
     """The async API of the ``BlipCaptioner`` service."""
 
-    async def caption(self, pixels: np.ndarray, priority: Priority = ...) -> list[str]: ...
+    async def caption(
+        self, pixels: np.ndarray, priority: Priority = ..., detail: CaptionDetail | None = ...
+    ) -> list[str]: ...
     async def info(self) -> CaptionerInfo: ...
 
 
@@ -116,7 +118,25 @@ class InterrogationPipeline:
         when the work runs, which answers 503 then, or, for a job, waits its turn."""
         with contextlib.suppress(Unavailable):
             await self.custom_tables.check(request.label_tables, "label_tables")
+        if request.needs_caption:
+            await self.check_caption_detail(request.caption_detail)
         return await self.pixels(data, field, caption=request.needs_caption)
+
+    async def check_caption_detail(self, detail: CaptionDetail | None) -> None:
+        """400 naming ``caption_detail`` when the served captioner does not offer ``detail``."""
+        if detail is None:
+            return
+        info = await self.captioner.info()
+        if detail in info.caption_details:
+            return
+        if info.caption_details:
+            offers = "offers " + ", ".join(info.caption_details)
+        else:
+            offers = "makes one kind of caption; leave caption_detail out"
+        raise InvalidInput(
+            "caption_detail",
+            f"'{detail}' is not offered: the served captioner ({info.family}) {offers}",
+        )
 
     async def pixels(self, data: bytes, field: str, caption: bool = True) -> ImagePixels:
         """Image bytes -> CLIP's input pixels and, when ``caption``, the captioner's."""
@@ -126,11 +146,20 @@ class InterrogationPipeline:
         clip, *captioner = await self.items.preprocessed(data, field, preprocessors)
         return ImagePixels(clip, captioner[0] if captioner else None)
 
-    async def caption(self, pixels: ImagePixels, priority: Priority = Priority.INTERACTIVE) -> str:
+    async def caption(
+        self,
+        pixels: ImagePixels,
+        priority: Priority = Priority.INTERACTIVE,
+        detail: CaptionDetail | None = None,
+    ) -> str:
+        """The caption of ``detail`` (checked with :meth:`check_caption_detail` first; None:
+        the captioner's only or briefest)."""
         if pixels.caption is None:
             raise ValueError("no captioner pixels: make them with pixels(..., caption=True)")
+        # Sent only when asked for: an older captioner service takes no detail.
+        chosen = {} if detail is None else {"detail": detail}
         captions = await self.captioner_client.caption(
-            pixels=pixels.caption[None], priority=priority
+            pixels=pixels.caption[None], priority=priority, **chosen
         )
         return captions[0]
 
@@ -162,7 +191,8 @@ class InterrogationPipeline:
             ):
                 steps: list[Awaitable[Any]] = [self._features(image)]
                 if request.needs_caption:
-                    steps.append(self.caption(image, Priority.INTERROGATION))
+                    caption = self.caption(image, Priority.INTERROGATION, request.caption_detail)
+                    steps.append(caption)
                 features, *generated = await gather_or_cancel(*steps)
                 if generated:
                     request = request.with_caption(generated[0])

@@ -132,8 +132,17 @@ class BatchSettings(BaseModel):
     max_latency_ms: int
 
 
+class CaptionerSummary(BaseModel):
+    family: str = Field(description="blip, blip-2, git or florence-2")
+    caption_details: list[str] = Field(
+        description="the caption_detail levels /caption and /interrogate take; empty: none"
+    )
+    tasks: dict[str, str] = Field(description="each level's task token of the model")
+
+
 class InterrogationInfo(BaseModel):
     caption_model: str
+    captioner: CaptionerSummary
     label_tables: TablesStatus
 
 

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from clip_service.interrogation.interrogator import Mode
 from clip_service.interrogation.requests import PromptRequest
+from clip_service.models.captioning import CaptionDetail
 from clip_service.server.entry import Entry
 from clip_service.server.forms import takes
 from clip_service.server.interrogation import CustomRankings, Interrogated
@@ -36,11 +37,17 @@ class InterrogationRoutes:
     @bentoml.api(route="/caption")
     @takes("image")
     @guard
-    async def caption(self, image: ImageItem) -> CaptionResult:
-        """The BLIP caption of an image."""
+    async def caption(
+        self, image: ImageItem, caption_detail: CaptionDetail | None = None
+    ) -> CaptionResult:
+        """The caption of an image. ``caption_detail`` (brief, detailed, more_detailed) picks
+        the caption task of a captioner that has levels (Florence-2: ``<CAPTION>``,
+        ``<DETAILED_CAPTION>``, ``<MORE_DETAILED_CAPTION>``; GET /model lists them); default
+        the briefest. A captioner without levels (BLIP, BLIP-2, GIT) answers it with a 400."""
         interrogation = self.entry.interrogating()
+        await interrogation.check_caption_detail(caption_detail)
         pixels = await interrogation.pixels(*await self.entry.items.image_bytes(image, "image"))
-        return CaptionResult(caption=await interrogation.caption(pixels))
+        return CaptionResult(caption=await interrogation.caption(pixels, detail=caption_detail))
 
     @bentoml.api(route="/interrogate")
     @takes("image")
@@ -53,6 +60,7 @@ class InterrogationRoutes:
         min_flavors: Annotated[int, Field(ge=0, le=MAX_FLAVORS)] = 8,
         max_flavors: Annotated[int, Field(ge=1, le=MAX_FLAVORS)] | None = None,
         label_tables: ExtraTables | None = None,
+        caption_detail: CaptionDetail | None = None,
     ) -> InterrogateResult:
         """A text prompt for the image, as clip-interrogator 0.6.0 makes it.
 
@@ -60,8 +68,11 @@ class InterrogationRoutes:
         ``min_flavors`` only matters in best mode, as in the library; a given ``caption`` is
         used instead of generating one. Custom ``label_tables`` are ranked beside it (their
         top 5 terms each, the prompt unchanged), as the library's ``LabelTable`` is.
+        ``caption_detail`` is that of the caption made (see ``/caption``).
         """
-        request = _prompt_request(mode, caption, min_flavors, max_flavors, label_tables)
+        request = _prompt_request(
+            mode, caption, min_flavors, max_flavors, label_tables, caption_detail
+        )
         return await (await self._interrogation(image, request))(None)
 
     @bentoml.api(route="/jobs/interrogate")
@@ -75,10 +86,13 @@ class InterrogationRoutes:
         min_flavors: Annotated[int, Field(ge=0, le=MAX_FLAVORS)] = 8,
         max_flavors: Annotated[int, Field(ge=1, le=MAX_FLAVORS)] | None = None,
         label_tables: ExtraTables | None = None,
+        caption_detail: CaptionDetail | None = None,
     ) -> JobStatus:
         """``/interrogate`` as a job: answered 202 at once with the job's id (input errors
         are still a 400 here); poll ``GET /jobs/{id}``, fetch ``GET /jobs/{id}/result``."""
-        request = _prompt_request(mode, caption, min_flavors, max_flavors, label_tables)
+        request = _prompt_request(
+            mode, caption, min_flavors, max_flavors, label_tables, caption_detail
+        )
         work = await self._interrogation(image, request)
         return _accepted(await self.entry.jobs.submit("interrogate", work))
 
@@ -164,6 +178,7 @@ def _prompt_request(
     min_flavors: int,
     max_flavors: int | None,
     label_tables: list[str] | None,
+    caption_detail: CaptionDetail | None = None,
 ) -> PromptRequest:
     """The interrogation a body of ``/interrogate`` or ``/jobs/interrogate`` asks for."""
     return PromptRequest(
@@ -172,6 +187,7 @@ def _prompt_request(
         min_flavors=min_flavors,
         max_flavors=max_flavors,
         label_tables=tuple(label_tables or ()),
+        caption_detail=caption_detail,
     )
 
 

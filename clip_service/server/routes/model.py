@@ -5,7 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from clip_service.server.routes.common import EntryDep, guard
-from clip_service.server.schemas import BatchSettings, InterrogationInfo, ServedModel
+from clip_service.server.schemas import (
+    BatchSettings,
+    CaptionerSummary,
+    InterrogationInfo,
+    ServedModel,
+)
 
 router = APIRouter()
 
@@ -14,13 +19,21 @@ router = APIRouter()
 @guard
 async def served_model(entry: EntryDep) -> ServedModel:
     """Which model is served, where, how requests are batched, and whether interrogation
-    is served (its caption model and how far its label tables are)."""
+    is served (its caption model, which captioner family and caption detail levels, and how
+    far its label tables are)."""
     settings = entry.settings
     info = await entry.items.model_info()
     interrogation = None
     if entry.interrogation is not None:
         tables = await entry.interrogation.tables()
-        interrogation = InterrogationInfo(caption_model=settings.caption_model, label_tables=tables)
+        captioner = await entry.interrogation.captioner.info()
+        interrogation = InterrogationInfo(
+            caption_model=settings.caption_model,
+            captioner=CaptionerSummary(
+                **captioner.model_dump(include=set(CaptionerSummary.model_fields))
+            ),
+            label_tables=tables,
+        )
     batching = BatchSettings(
         image_max_batch_size=settings.image_max_batch_size,
         text_max_batch_size=settings.text_max_batch_size,
