@@ -54,7 +54,9 @@ def load_clip_model(
     try:
         backend = OpenClipModel if spec.backend == "open_clip" else TransformersClipModel
         model: ClipModel = backend(spec, run.device, dtype, trim_text)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except (ImportError, OSError, RuntimeError, ValueError) as exc:
+        # ImportError: a tokenizer whose package is not installed (SentencePiece for
+        # SigLIP v1 repositories in transformers' format).
         raise ModelUnavailableError(unavailable_message(spec, exc)) from exc
     model.precision = run.precision
     if run.image_runtime == "onnx" and "max_num_patches" in model.preprocess_config.params:

@@ -5,7 +5,8 @@ Accepted forms (docs/configuration.md, "Model specs"):
 * ``ViT-B-32:openai`` / ``ViT-L-14/openai``: an open_clip architecture and pretrained tag;
 * ``hf-hub:org/repo``: an open_clip model on the Hugging Face Hub;
 * ``local-dir:PATH``: an open_clip directory (``open_clip_config.json`` + weights);
-* ``org/repo``: a transformers ``CLIPModel`` repository on the Hub;
+* ``org/repo``: a transformers ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model``
+  repository on the Hub;
 * a plain local directory, in transformers (``config.json``) or open_clip format.
 """
 
