@@ -26,6 +26,7 @@ from clip_service.server.routes.app import routers_app
 from clip_service.server.routes.classification import ClassificationRoutes
 from clip_service.server.routes.embeddings import EmbeddingRoutes
 from clip_service.server.routes.interrogation import InterrogationRoutes
+from clip_service.server.routes.sd_webui import SdWebuiRoutes
 from clip_service.server.upstream import Guarded
 from clip_service.settings import get_settings
 from runners.blip_captioner import BlipCaptioner
@@ -43,7 +44,7 @@ warn_if_open(bool(settings.api_key_list))
     traffic={"timeout": settings.request_timeout_s + 5},
     workers=settings.entry_worker_count,
 )
-class ClipApi(EmbeddingRoutes, ClassificationRoutes, InterrogationRoutes):
+class ClipApi(EmbeddingRoutes, ClassificationRoutes, InterrogationRoutes, SdWebuiRoutes):
     # Each model service runs beside this one unless its URL is set (split deployment);
     # CAPTION_MODEL=none serves CLIP alone: no captioner is started.
     encoder = bentoml.depends(ClipEncoder, url=settings.clip_encoder_url)

@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     # The entry's /readyz waits at most this long for each model service's /readyz.
     readiness_timeout_s: float = Field(2.0, gt=0)
 
+    # Names the clip-interrogator extension's clients may send as clip_model_name that this
+    # server answers with its own CLIP model (comma-separated, e.g. "ViT-L-14/openai", the
+    # extension's default); any other name that is not the served model is a 404.
+    clip_model_aliases: str = ""
+
+    @property
+    def clip_model_alias_list(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.clip_model_aliases.split(",") if name.strip())
+
     # Fetch the label tables clip-interrogator publishes for the CLIP model (when it is one
     # of its open_clip models and the Hub is reachable) instead of encoding them here.
     label_tables_download: bool = True

@@ -166,6 +166,9 @@ def open_clip_env(tiny_models: dict[str, Path], label_cache: Path) -> dict[str, 
         "CLIP_MODEL": f"local-dir:{tiny_models['open-clip']}",
         "CAPTION_MODEL": str(tiny_models["blip"]),
         "LABEL_CACHE_DIR": str(label_cache),
+        # The extension's default model name, mapped to the served one for its clients
+        # (tests/test_sd_webui_api.py).
+        "CLIP_MODEL_ALIASES": "ViT-L-14/openai",
     }
 
 

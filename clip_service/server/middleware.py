@@ -3,7 +3,8 @@
 * :class:`ResponseShaper`: every answer in the project's shape: the request's id in its log
   lines and its ``X-Request-ID`` header, 4xx bodies as ``{"error": ...}``, 503s with a
   ``Retry-After`` and a message that says what happened; under ``/v1/`` every error in
-  OpenAI's shape, which OpenAI's clients read;
+  OpenAI's shape, which OpenAI's clients read, and on the Stable Diffusion web UI's routes
+  with FastAPI's ``detail`` too, which its clients read;
 * :class:`AccessControl`: who may call: browsers from the allowed origins (CORS), and,
   with API keys set, only requests that carry one;
 * :class:`RequestReader`: the request body, read once within its limits and turned into
@@ -40,6 +41,9 @@ UNAVAILABLE = (
 
 # Routes answered in OpenAI's error shape (the OpenAI-compatible API), not the project's.
 OPENAI_PREFIX = "/v1/"
+# The Stable Diffusion web UI's routes (routes/sd_webui.py): every error also carries its
+# message as FastAPI's "detail", which the web UI's clients read.
+WEBUI_PREFIXES = ("/interrogator/", "/sdapi/")
 # BentoML's own 503 messages: a generic error, and /readyz naming a private method.
 _BENTOML_503S = ("An unexpected error", "Service is not ready")
 
@@ -60,12 +64,13 @@ class ResponseShaper:
             chunks: list[bytes] = []
 
             openai = scope["path"].startswith(OPENAI_PREFIX)
+            webui = scope["path"].startswith(WEBUI_PREFIXES)
 
             async def shaping_send(message: Message) -> None:
                 nonlocal start
                 if message["type"] == "http.response.start":
                     message = {**message, "headers": _with_request_id(message, rid)}
-                    if _rewritten(message["status"], openai):
+                    if _rewritten(message["status"], openai or webui):
                         start = message
                         return
                 if start is None or message["type"] != "http.response.body":
@@ -73,7 +78,7 @@ class ResponseShaper:
                     return
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
-                    await _send_shaped(send, start, b"".join(chunks), openai)
+                    await _send_shaped(send, start, b"".join(chunks), openai, webui)
 
             await self.app(scope, receive, shaping_send)
 
@@ -89,7 +94,9 @@ def _with_request_id(start: Message, rid: str) -> RawHeaders:
     return headers
 
 
-async def _send_shaped(send: Send, start: Message, raw: bytes, openai: bool) -> None:
+async def _send_shaped(
+    send: Send, start: Message, raw: bytes, openai: bool, webui: bool = False
+) -> None:
     try:
         body = json.loads(raw) if raw else ""
     except ValueError:
@@ -104,6 +111,8 @@ async def _send_shaped(send: Send, start: Message, raw: bytes, openai: bool) -> 
             shaped = error_body(UNAVAILABLE)
     if openai:
         shaped = openai_error_body(str(shaped.get("error", "")), start["status"])
+    if webui:
+        shaped = {**shaped, "detail": shaped.get("error", "")}
     await send_json(send, start["status"], shaped, headers)
 
 

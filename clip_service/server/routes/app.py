@@ -11,14 +11,14 @@ from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 
 from clip_service.errors import error_body, validation_message
-from clip_service.server.routes import embeddings, jobs, label_tables, model, weaviate
+from clip_service.server.routes import embeddings, jobs, label_tables, model, sd_webui, weaviate
 
 
 def routers_app() -> FastAPI:
     """The routes BentoML's API decorator cannot express, with their errors answered as
     every route answers them. BentoML serves the OpenAPI document of both."""
     app = FastAPI(title="clip-service", openapi_url=None, docs_url=None, redoc_url=None)
-    for feature in (model, embeddings, jobs, label_tables, weaviate):
+    for feature in (model, embeddings, jobs, label_tables, weaviate, sd_webui):
         app.include_router(feature.router)
     app.add_exception_handler(HTTPException, unreadable_body)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid_body)  # type: ignore[arg-type]
