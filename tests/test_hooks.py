@@ -18,7 +18,10 @@ import _bentoml_impl.worker.service as bentoml_worker
 import pytest
 import uvicorn.config
 import uvicorn.server
+from _bentoml_sdk import io_models
+from _bentoml_sdk.io_models import IORootModel, ensure_io_descriptor
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
+from pydantic import TypeAdapter
 from uvicorn.protocols.http import auto
 from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
@@ -155,3 +158,44 @@ def test_install_swaps_the_auto_protocol_with_the_timeout(monkeypatch):
     install(3)  # again (the module imported twice): replaced, not stacked
     assert auto.AutoHTTPProtocol.timeout_s == 3
     assert auto.AutoHTTPProtocol.__mro__[2] is H11Protocol
+
+
+# BentoML 1.4.39's IORootModel.model_validate_json; another version needs the hook reviewed.
+ROOT_VALIDATE_SHA256 = "5b7105dc94c8d3671e1cc16c38ae1bc8c513236462fe59966f9adce8f7a80d30"
+
+
+def test_bentoml_root_body_validation_is_the_version_the_hook_copies():
+    # From the module's file: install() (other tests) replaces the class's method.
+    module = ast.parse(inspect.getsource(io_models))
+    (root,) = (n for n in module.body if isinstance(n, ast.ClassDef) and n.name == "IORootModel")
+    (method,) = (n for n in root.body if getattr(n, "name", "") == "model_validate_json")
+    source = ast.get_source_segment(inspect.getsource(io_models), method)
+    assert hashlib.sha256(source.encode()).hexdigest() == ROOT_VALIDATE_SHA256, source
+
+
+@pytest.mark.parametrize(
+    ("typ", "body", "value"),
+    [
+        (list[dict[str, str]], b'[{"text": "a cat"}]', [{"text": "a cat"}]),
+        (str, b'"quoted" is kept', '"quoted" is kept'),
+    ],
+)
+def test_root_bodies_parse_as_bentoml_parses_them_without_a_schema_per_request(
+    monkeypatch, typ, body, value
+):
+    """Same value as BentoML's own parse, and the body type's JSON schema built once per
+    API, not once per request (what the profile found)."""
+    model = ensure_io_descriptor(typ)
+    upstream = model.model_validate_json(body)  # BentoML's own, before the hook
+    monkeypatch.setattr(auto, "AutoHTTPProtocol", H11Protocol)
+    monkeypatch.setattr(IORootModel, "model_validate_json", IORootModel.model_validate_json)
+    install(10)
+    built = []
+    schema = TypeAdapter.json_schema
+    monkeypatch.setattr(
+        TypeAdapter, "json_schema", lambda *a, **k: built.append(1) or schema(*a, **k)
+    )
+    parsed = [model.model_validate_json(body) for _ in range(5)]
+    assert all(p.root == upstream.root for p in parsed)
+    assert upstream.root == value
+    assert len(built) <= 1

@@ -14,6 +14,12 @@ these, then update :data:`WRITTEN_FOR`); ``tests/test_hooks.py`` checks what eac
 * Graceful shutdown takes over uvicorn's SIGTERM handler (:func:`take_over_sigterm`): the
   handler is a bound ``Server.handle_exit``; its server's listening sockets are shut down
   (:func:`stop_listening`) before it is told to exit.
+* BentoML 1.4.39's ``IORootModel.model_validate_json`` (the body of every API that takes
+  one value, not named fields: ``/encode``'s list, ``/vectorize``'s bytes) builds the whole
+  JSON schema of the body's type on every request, only to tell whether the body is the
+  value itself (a string or file) or JSON. Profiled (``benchmarks/profile_served.py``), that
+  was most of the entry's CPU for a one-text ``/encode``. :func:`_root_validate_json` decides
+  once per class.
 * The host ``bentoml serve`` binds without ``--host`` comes from BentoML's configuration
   container (:func:`bentoml_default_host`), for the warning about open servers.
 """
@@ -22,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
+import json
 import logging
 import signal
 import socket
@@ -30,6 +38,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from _bentoml_sdk.io_models import IORootModel
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
@@ -53,6 +62,7 @@ def install(header_timeout_s: float) -> None:
             "re-check each hook it lists against the new versions, then update WRITTEN_FOR"
         )
     TimeoutMiddleware.__call__ = _timeout_call  # type: ignore[method-assign]
+    IORootModel.model_validate_json = classmethod(_root_validate_json)  # type: ignore[assignment]
     if auto.AutoHTTPProtocol is not H11Protocol and not issubclass(
         auto.AutoHTTPProtocol, HeaderDeadlineProtocol
     ):
@@ -91,6 +101,20 @@ async def _timeout_call(
         await fut
     finally:
         timer.cancel()
+
+
+def _root_validate_json(
+    cls: type[IORootModel], json_data: str | bytes | bytearray, **kwargs: Any
+) -> IORootModel:
+    """BentoML 1.4.39's ``IORootModel.model_validate_json`` with the schema lookup cached."""
+    parsed = json_data if _takes_raw_body(cls) else json.loads(json_data)
+    return cls.model_validate(parsed, **kwargs)
+
+
+@functools.cache
+def _takes_raw_body(cls: type[IORootModel]) -> bool:
+    """Whether the API's one value is the body itself (a string or a file), not JSON."""
+    return cls.model_json_schema().get("type") in ("string", "file")
 
 
 class HeaderDeadlineProtocol(H11Protocol):
