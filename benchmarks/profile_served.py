@@ -47,6 +47,9 @@ LAYERS: list[tuple[str, re.Pattern[str]]] = [
     ("event loop", re.compile(r"asyncio/|uvloop|anyio/|concurrent/|threading")),
 ]
 OTHER = "other"
+# Leaves where a thread waits (py-spy here samples some threads blocked in epoll or on a
+# lock as active): left out, so the shares are of the time spent working.
+WAITING = re.compile(r"^(EpollSelector\.select|Condition\.wait|Event\.wait|_worker \(concurrent)")
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*?)(?::\d+)?\)$")
 
 
@@ -77,7 +80,8 @@ def read_collapsed(path: Path) -> list[tuple[list[str], int]]:
         if stack and count.isdigit():
             # py-spy puts the thread's name first: "process 12:\"...\";thread (0x..);frames"
             frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-            stacks.append((frames, int(count)))
+            if frames and not WAITING.match(frames[-1]):
+                stacks.append((frames, int(count)))
     return stacks
 
 
@@ -221,7 +225,8 @@ def main() -> None:
         "Profile of the served path",
         {
             "model": f"{model} (full-size random weights), CAPTION_MODEL=none",
-            "profiler": f"py-spy record --nonblocking --rate {args.rate} (idle threads left out); "
+            "profiler": f"py-spy record --nonblocking --rate {args.rate}, samples of waiting "
+            "threads (in epoll, on a lock or an empty queue) left out; "
             "CPU per request from psutil's process times over the same window",
         },
         "### CPU per request\n\n" + table(head, summary) + "\n",
