@@ -116,7 +116,8 @@ def test_clip_keeps_the_softmax(tiny_models) -> None:
 
 def test_naflex_images_keep_their_aspect_ratio_and_refuse_onnx(siglip_models, ours) -> None:
     """SigLIP 2's patches are packed with their grid (preprocess.py): each image keeps a
-    grid of its own shape, and the ONNX runtime (one fixed input size) is refused by name."""
+    grid of its own shape; the ONNX runtime (one fixed input size) is refused by name when
+    asked for, and not chosen by ``auto``."""
     preprocess = build_preprocessor(ours["hf-siglip2"].info().preprocess)
     grids = [tuple(preprocess(image)[-1, :2]) for image in IMAGES]
     assert grids[0][1] > grids[0][0] and grids[1][0] > grids[1][1] and grids[2][0] == grids[2][1]
@@ -124,6 +125,8 @@ def test_naflex_images_keep_their_aspect_ratio_and_refuse_onnx(siglip_models, ou
     spec = parse_clip_spec(str(siglip_models["hf-siglip2"]))
     with pytest.raises(ModelUnavailableError, match="IMAGE_RUNTIME=onnx"):
         load_clip_model(spec, "cpu", image_runtime="onnx")
+    # The CPU default (auto: ONNX Runtime where it can) runs NaFlex in torch.
+    assert load_clip_model(spec, "cpu", image_runtime="auto").info().image_runtime == "torch"
 
 
 def test_other_transformers_models_are_refused_naming_the_served_ones(tmp_path) -> None:
