@@ -53,9 +53,9 @@ _WIDTH = 32  # language models' width; vision towers use tiny_models' 64
 _NUM_QUERY_TOKENS = 4  # BLIP-2's Q-Former queries (32 in the real ones)
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Florence-2 sees 768 x 768 images. The real DaViT tower (strides 4, 2, 2, 2) makes a 24 x 24
-# grid of them, plus one pooled token; the tiny one's first stride is 8 (a quarter of the work
-# on CPU), so 12 x 12 + 1.
-_FLORENCE_SIZE, _FLORENCE_IMAGE_TOKENS = 768, 12 * 12 + 1
+# grid of them, plus one pooled token; the tiny one's first stride is 16 (a sixteenth of the
+# work on CPU), so 6 x 6 + 1.
+_FLORENCE_SIZE, _FLORENCE_IMAGE_TOKENS = 768, 6 * 6 + 1
 
 
 def make_blip2_opt(out_dir: str | Path, *, seed: int = 0) -> Path:
@@ -193,9 +193,10 @@ def make_florence2(out_dir: str | Path, *, seed: int = 0) -> Path:
         config = Florence2Config(
             vision_config={
                 "depths": [1, 1, 1, 1],
-                "patch_size": [8, 3, 3, 3],
-                "patch_stride": [8, 2, 2, 2],
+                "patch_size": [16, 3, 3, 3],
+                "patch_stride": [16, 2, 2, 2],
                 "patch_padding": [0, 1, 1, 1],
+                "window_size": 6,
                 "embed_dim": [16, 16, 32, 32],
                 "num_heads": [1, 1, 2, 2],
                 "num_groups": [1, 1, 2, 2],
