@@ -74,6 +74,16 @@ class Encoder(Protocol):
     def encode(self, root: Path, names: Sequence[str]) -> Encoded: ...
 
 
+class Store(Protocol):
+    """Where vectors go (:class:`EmbeddingStore`, or clip-retrieval's layout:
+    :class:`~clip_service.cli.index_folder.IndexFolder`): the names it holds, appends."""
+
+    done: list[str]
+
+    def append(self, names: Sequence[str], vectors: np.ndarray) -> None: ...
+    def close(self) -> None: ...
+
+
 def split_files(root: Path) -> tuple[list[str], list[str]]:
     """Image files under ``root`` (recursive, by suffix) and the other files, each as sorted
     POSIX paths relative to ``root``. Hidden files and folders (``.git``, a run's temporary
@@ -118,8 +128,9 @@ class InProcessEncoder:
 class ServerEncoder:
     """A running server's ``POST /encode`` with base64 images, one request per batch."""
 
-    def __init__(self, url: str, timeout_s: float = 600) -> None:
-        self.client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, url: str, timeout_s: float = 600, api_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
         self.model = str(self._call("GET", "/model").json()["spec"])
 
     def _call(self, method: str, route: str, **kwargs: object) -> httpx.Response:
@@ -226,7 +237,7 @@ class Summary:
 
 
 def encode_dir(
-    root: Path, store: EmbeddingStore, encoder: Encoder, batch_size: int, progress: bool = True
+    root: Path, store: Store, encoder: Encoder, batch_size: int, progress: bool = True
 ) -> Summary:
     """Encode the images under ``root`` that ``store`` lacks, ``batch_size`` at a time."""
     done = set(store.done)

@@ -236,14 +236,27 @@ def warm_cache(model_name: str, label_cache_dir: Path | None) -> None:
 
 @main.command("encode-dir")
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="vectors.npy (+ vectors.files.txt, vectors.json beside it).")  # fmt: skip
-@click.option("--server", default=None, help="A running server's URL; default: in process.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="npy layout: vectors.npy (+ vectors.files.txt, vectors.json beside it); "
+              "clip-retrieval layout: a folder (img_emb/, metadata/).")  # fmt: skip
+@click.option("--layout", type=click.Choice(["npy", "clip-retrieval"]), default="npy",
+              show_default=True, help="clip-retrieval: normalised float16 parts that "
+              "autofaiss and clip-retrieval read (docs/dataset.md).")  # fmt: skip
+@click.option("--url", "--server", "server", default=None,
+              help="A running server's URL; default: in process.")  # fmt: skip
+@click.option("--api-key", envvar="CLIP_SERVICE_API_KEY", default=None,
+              help="The server's API key (default: CLIP_SERVICE_API_KEY).")  # fmt: skip
 @model_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @one_line_errors
 def encode_dir(
-    directory: Path, out: Path, server: str | None, model_name: str, batch_size: int
+    directory: Path,
+    out: Path,
+    layout: str,
+    server: str | None,
+    api_key: str | None,
+    model_name: str,
+    batch_size: int,
 ) -> None:
     """Embed every image under DIRECTORY (recursively); re-run to resume.
 
@@ -252,15 +265,16 @@ def encode_dir(
     """
     from clip_service.cli.bulk_encode import EmbeddingStore, InProcessEncoder, ServerEncoder
     from clip_service.cli.bulk_encode import encode_dir as run
+    from clip_service.cli.index_folder import IndexFolder
 
     if not directory.is_dir():
         raise click.ClickException(f"{directory}: no such directory")
     if server is not None:
-        encoder = ServerEncoder(server)
+        encoder = ServerEncoder(server, api_key=api_key)
     else:
         settings = settings_with(clip_model=model_name)
         encoder = InProcessEncoder(load_configured_clip_model(settings), settings.max_image_pixels)
-    store = EmbeddingStore(out, encoder.model)
+    store = (IndexFolder if layout == "clip-retrieval" else EmbeddingStore)(out, encoder.model)
     try:
         summary = run(directory, store, encoder, batch_size)
     except KeyboardInterrupt:
