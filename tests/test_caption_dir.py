@@ -223,8 +223,22 @@ def test_the_caption_route_gets_the_detail_and_a_refused_key_stops_the_run() -> 
     target = ServerTarget("http://server:3000", "caption", detail="detailed", transport=transport)
     with pytest.raises(BulkEncodeError, match="/caption: the server answered 401: authorization"):
         asyncio.run(target.describe(b"png", "a.png"))
-    assert json.loads(sent[0].content)["detail"] == "detailed"
+    assert json.loads(sent[0].content)["caption_detail"] == "detailed"
     assert "authorization" not in sent[0].headers
+
+
+def test_a_detail_the_served_captioner_lacks_is_refused_before_any_image() -> None:
+    served = {"caption_model": "blip-base", "captioner": {"caption_details": []}}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"interrogation": served})
+
+    transport = httpx.MockTransport(handle)
+    target = ServerTarget("http://server", "best", detail="detailed", transport=transport)
+    with pytest.raises(BulkEncodeError, match=r"'detailed': the served captioner \(blip-base\)"):
+        asyncio.run(target.check())
+    served["captioner"]["caption_details"] = ["brief", "detailed"]
+    asyncio.run(target.check())
 
 
 def test_a_server_without_a_captioner_is_refused_before_any_image() -> None:
@@ -262,8 +276,8 @@ def test_in_process_captions_are_the_captioners_own(tiny_models, folder: Path) -
 
 def test_command_line_refusals(tmp_path: Path) -> None:
     assert "no such directory" in cli("caption-dir", tmp_path / "none").output
-    refused = cli("caption-dir", tmp_path, "--mode", "fast", "--detail", "more")
-    assert refused.exit_code == 1 and "--detail is the caption's" in refused.output
+    refused = cli("caption-dir", tmp_path, "--detail", "detailed", "--caption-model", "none")
+    assert refused.exit_code == 1 and "--detail is sent to a server" in refused.output
     unreachable = cli("caption-dir", tmp_path, "--url", "http://127.0.0.1:9")
     assert unreachable.exit_code == 1 and "cannot reach http://127.0.0.1:9" in unreachable.output
 

@@ -49,16 +49,24 @@ class ServerTarget:
         )
         self.route = "/caption" if mode == CAPTION else "/interrogate"
         self.options: dict[str, Any] = {} if mode == CAPTION else {"mode": mode}
+        self.detail = detail
         if detail is not None:
-            self.options["detail"] = detail  # the captioner's level of detail (Florence-2)
+            self.options["caption_detail"] = detail  # the captioner's levels (Florence-2)
 
     async def check(self) -> None:
         """The server answers, takes the key and serves a captioner, before any image goes."""
-        served = (await self._call("GET", "/model")).json()
-        if served.get("interrogation") is None:
+        served = (await self._call("GET", "/model")).json().get("interrogation")
+        if served is None:
             raise BulkEncodeError(
                 f"{self.client.base_url} serves no captioner (CAPTION_MODEL=none): "
                 "nothing to caption with"
+            )
+        # Else every image would be refused alike, one 400 at a time.
+        offered = served.get("captioner", {}).get("caption_details")
+        if self.detail is not None and offered is not None and self.detail not in offered:
+            raise BulkEncodeError(
+                f"--detail {self.detail!r}: the served captioner ({served['caption_model']}) "
+                f"offers {', '.join(map(repr, offered)) or 'no levels'}"
             )
 
     async def describe(self, data: bytes, name: str) -> Result:
@@ -108,7 +116,7 @@ class InProcess:
 
     def __init__(self, settings: Settings, mode: str, detail: str | None = None) -> None:
         if detail is not None:
-            raise BulkEncodeError("--detail is passed to a server's /caption: use it with --url")
+            raise BulkEncodeError("--detail is sent to a server as caption_detail: use --url")
         if not settings.interrogation:
             raise BulkEncodeError("--caption-model none: nothing to caption with")
         self.settings, self.mode = settings, mode

@@ -298,9 +298,9 @@ def encode_dir(
 @click.option("--mode", type=click.Choice(MODES), default=CAPTION, show_default=True,
               help="caption: the captioner's caption; best, classic, fast, negative: the "
               "interrogation prompt of that mode.")  # fmt: skip
-@click.option("--detail", default=None,
-              help="The caption's level of detail, sent to a server's /caption as 'detail' "
-              "(captioners with levels, e.g. Florence-2).")  # fmt: skip
+@click.option("--detail", "--caption-detail", "detail", default=None,
+              help="The caption's level of detail (brief, detailed, more_detailed), sent to "
+              "a server as caption_detail; for captioners with levels (Florence-2).")  # fmt: skip
 @click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="One JSONL file (file_name, text, ...) instead of NAME.txt beside each "
               "image.")  # fmt: skip
@@ -340,8 +340,6 @@ def caption_dir(
 
     if not directory.is_dir():
         raise click.ClickException(f"{directory}: no such directory")
-    if detail is not None and mode != CAPTION:
-        raise click.ClickException("--detail is the caption's: use it with --mode caption")
     if url is not None:
         target: ServerTarget | InProcess = ServerTarget(url, mode, api_key=api_key, detail=detail)
     else:
