@@ -44,6 +44,12 @@ LIBRARY_ALIASES = {
     "blip2-t5": "blip2-flan-t5-xl",
     "git": "git-large-coco",
 }
+# The processor and tokenizer classes of the real repositories each tiny model stands for.
+PROCESSORS = {
+    "blip2-opt": ("Blip2Processor", "GPT2Tokenizer"),
+    "blip2-t5": ("Blip2Processor", "T5Tokenizer"),
+    "git": ("GitProcessor", "BertTokenizer"),
+}
 FLORENCE_SETTINGS = GenerationSettings(max_new_tokens=8)  # num_beams: Florence-2's default, 3
 
 
@@ -119,11 +125,17 @@ def test_what_each_captioner_says_it_is(models, tiny_models, florence):
     blip = Captioner.load(str(tiny_models["blip"]), "cpu").info()
     assert (blip.family, blip.caption_details, blip.tasks) == ("blip", [], {})
     for name, family in [("blip2-opt", "blip-2"), ("blip2-t5", "blip-2"), ("git", "git")]:
-        info = Captioner.load(str(models[name]), "cpu").info()
+        captioner = Captioner.load(str(models[name]), "cpu")
+        processor, tokenizer = PROCESSORS[name]
+        assert type(captioner.processor).__name__ == processor
+        assert type(captioner.processor.tokenizer).__name__ == tokenizer
+        info = captioner.info()
         assert (info.family, info.caption_details, info.tasks) == (family, [], {})
         assert info.generation == {"max_new_tokens": 32}  # 0.6.0's caption_max_length
     default = Captioner.load(str(models["florence2"]), "cpu").info().generation
     assert default == {"max_new_tokens": 1024, "num_beams": 3}  # Florence-2's model card
+    assert type(florence.processor).__name__ == "Florence2Processor"
+    assert type(florence.processor.tokenizer).__name__ == "BartTokenizer"
     info = florence.info()
     assert info.family == "florence-2"
     assert info.caption_details == ["brief", "detailed", "more_detailed"]
