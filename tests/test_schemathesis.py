@@ -69,6 +69,7 @@ HYPOTHESIS = settings(
 # `test_the_document_lists_the_service_routes`, so this list (and the fuzzing) stays complete.
 INFRA = ["GET /healthz", "GET /livez", "GET /readyz", "GET /metrics", "GET /model", "GET /meta"]
 INFRA += ["GET /.well-known/live", "GET /.well-known/ready"]  # Weaviate's probes
+INFRA += ["GET /interrogator/models"]  # the Stable Diffusion web UI's model list
 APIS = [
     "POST /analyze",
     "POST /caption",
@@ -85,6 +86,9 @@ APIS = [
     "POST /jobs/interrogate",
     "POST /jobs/extract_text",
     "POST /label-tables",
+    "POST /interrogator/prompt",
+    "POST /interrogator/analyze",
+    "POST /sdapi/v1/interrogate",
 ]
 # Routes of a named job or table: any name is a 404 (positive cases are all there are).
 JOBS = ["GET /jobs/{job_id}", "GET /jobs/{job_id}/result", "DELETE /jobs/{job_id}"]
@@ -176,6 +180,10 @@ def _make_safe(case) -> None:
         uri = item.get("img_uri")
         if isinstance(uri, str) and ":" in uri:
             item["img_uri"] = SAFE_URI
+        # The web UI routes' image is a string, base64 or an http(s) URL.
+        image = item.get("image")
+        if isinstance(image, str) and ":" in image:
+            item["image"] = SAFE_URI
 
 
 def _inject_images(case, path: str, data: st.DataObject) -> None:

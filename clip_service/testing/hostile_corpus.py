@@ -36,11 +36,22 @@ SAFE_URIS = (
 )
 
 
+# The Stable Diffusion web UI's routes, whose errors repeat the message as FastAPI's
+# "detail" (clip_service.server.middleware.WEBUI_PREFIXES).
+WEBUI_PREFIXES = ("/interrogator/", "/sdapi/")
+
+
 def error_message(body: object, path: str) -> str | None:
     """The message of an error answer in the shape its route uses, else None: under /v1/
-    OpenAI's ``{"error": {"message", "type", "param", "code"}}``, elsewhere
+    OpenAI's ``{"error": {"message", "type", "param", "code"}}``, on the web UI's routes
+    ``{"error": "<field>: <problem>", "detail": <the same>}``, elsewhere
     ``{"error": "<field>: <problem>"}``."""
-    if not isinstance(body, dict) or set(body) != {"error"}:
+    if not isinstance(body, dict):
+        return None
+    if path.startswith(WEBUI_PREFIXES):
+        if set(body) != {"error", "detail"} or body["detail"] != body["error"]:
+            return None
+    elif set(body) != {"error"}:
         return None
     error = body["error"]
     if path.startswith("/v1/"):
