@@ -23,7 +23,7 @@ from transformers import AutoModel, AutoProcessor
 from clip_service.interrogation.interrogator import Interrogator, Mode
 from clip_service.interrogation.label_cache import LabelCache, LabelTables
 from clip_service.interrogation.labels import TABLE_NAMES, package_data_dir, read_label_tables
-from clip_service.models.clip import ClipModel, ModelUnavailableError
+from clip_service.models.clip import ClipModel, ModelInfo, ModelUnavailableError
 from clip_service.models.factory import load_clip_model
 from clip_service.models.preprocess import build_preprocessor, input_size
 from clip_service.models.ranking import rank
@@ -91,7 +91,8 @@ def normalized(vectors: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", FORMATS)
 def test_embeddings_and_probabilities_equal_the_librarys(siglip_models, ours, name) -> None:
     model = ours[name]
-    info = model.info()
+    # As the entry service receives it from the encoder service.
+    info = ModelInfo.model_validate_json(model.info().model_dump_json())
     assert (info.scoring, info.logit_bias) == ("sigmoid", pytest.approx(-1.0))
     assert info.logit_scale == pytest.approx(10.0)
     preprocess = build_preprocessor(info.preprocess)  # as the entry service rebuilds it
