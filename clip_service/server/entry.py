@@ -11,6 +11,7 @@ from clip_service.errors import NotServed
 from clip_service.interrogation.custom_tables import CustomTableLimits
 from clip_service.scheduling import Admission
 from clip_service.server.classify import Classifier
+from clip_service.server.coalescing import CoalescingEncoder
 from clip_service.server.custom_tables import CustomTablesEncoder, RemoteCustomTables
 from clip_service.server.encoding import EncoderClient, ItemEncoder
 from clip_service.server.guard import RouteGuard
@@ -56,6 +57,10 @@ class Entry:
         captioner: CaptionerClient | None,
         dependencies: Sequence[Any],
     ) -> Entry:
+        # Every route's encoder calls, joined while others are in flight (coalescing.py).
+        encoder = CoalescingEncoder(
+            encoder, settings.text_max_batch_size, settings.image_max_batch_size
+        )
         items = ItemEncoder(encoder, settings)
         custom_tables = RemoteCustomTables(encoder, CustomTableLimits.of(settings))
         interrogation = None
