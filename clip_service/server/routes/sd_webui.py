@@ -47,7 +47,8 @@ ANALYZE_KEYS = {
 # with the library's tables, "by" before the artist and 3 flavors.
 A1111_CLIP_MODE = "classic"
 WebuiImage = Annotated[
-    str | None, Field(description="base64, plain or as a data:image/...;base64, URL")
+    str | None,
+    Field(description="base64, plain or as a data:image/...;base64, URL; or an http(s) URL"),
 ]
 ClipModelName = Annotated[
     str | None,
