@@ -392,3 +392,9 @@ def test_served_captions_and_prompts_are_the_routes_own(
            "--caption-model", tiny_models["blip"], "--label-cache-dir", tables))  # fmt: skip
     mine = {r["file_name"]: r["prompt"] for r in map(json.loads, local.read_text().splitlines())}
     assert mine == {name: records[name]["prompt"] for name in names}
+
+
+def test_a_result_that_cannot_be_written_stops_the_run_in_one_line(folder: Path) -> None:
+    (folder / "0.txt").mkdir()  # where 0.png's caption would go
+    with pytest.raises(BulkEncodeError, match=r"0\.png: cannot write its result"):
+        run(folder, Scripted(), TextFiles(folder, False))

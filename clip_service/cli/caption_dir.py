@@ -185,16 +185,25 @@ async def caption_dir(
     queue = iter(todo)
     with tqdm(total=len(todo), unit="img", disable=not progress) as bar:
 
+        def skipped(name: str, problem: str) -> None:
+            summary.failed.append((name, problem))
+            bar.write(f"skipped {name}: {problem}")
+
+        for name, problem in summary.failed:  # found by plan()
+            bar.write(f"skipped {name}: {problem}")
+
         async def worker() -> None:
             for name in queue:  # shared: each name is taken by one worker
                 try:
                     data = await asyncio.to_thread((root / name).read_bytes)
                     result = await target.describe(data, name)
                 except (Skip, OSError) as exc:
-                    summary.failed.append((name, str(exc)))
-                    bar.write(f"skipped {name}: {exc}")
+                    skipped(name, str(exc))
                 else:
-                    output.write(name, texts(result), result)
+                    try:
+                        output.write(name, texts(result), result)
+                    except OSError as exc:  # a read-only folder, a full disk: stop here
+                        raise BulkEncodeError(f"{name}: cannot write its result: {exc}") from None
                     summary.written += 1
                 bar.update()
 

@@ -367,8 +367,6 @@ def caption_dir(
         raise click.ClickException("interrupted: what was written is kept; run again") from None
     finally:
         output.close()
-    for name, problem in summary.failed:
-        click.echo(f"skipped {name}: {problem}", err=True)
     if summary.ignored:
         click.echo(f"ignored {len(summary.ignored)} files that are not images", err=True)
     click.echo(
