@@ -83,7 +83,8 @@ def make_blip2_opt(out_dir: str | Path, *, seed: int = 0) -> Path:
             "vocab_size": len(tokenizer),
             "max_position_embeddings": 512,
             "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
+            # The BLIP-2 OPT checkpoints stop captions at a newline ("\n", byte-level "Ċ").
+            "eos_token_id": tokenizer.convert_tokens_to_ids("\u010a"),
             "pad_token_id": tokenizer.pad_token_id,
             # Untied (OPT ties them): a tiny random decoder with tied embeddings predicts its
             # input token again, so every caption would be an immediate </s>.
@@ -118,9 +119,10 @@ def make_blip2_t5(out_dir: str | Path, *, seed: int = 0) -> Path:
             "pad_token_id": tokenizer.pad_token_id,
             "eos_token_id": tokenizer.eos_token_id,
             "decoder_start_token_id": tokenizer.pad_token_id,
-            # BLIP-2's generate() without a prompt (as clip-interrogator calls it) starts the
-            # encoder input with the language model's bos token, which T5 configs lack.
-            "bos_token_id": tokenizer.pad_token_id,
+            # BLIP-2's generate() without a prompt (as clip-interrogator calls it) ends the
+            # encoder input with the language model's bos token, which T5 configs lack; the
+            # BLIP-2 T5 checkpoints were converted with bos_token_id=1 (</s>), as here.
+            "bos_token_id": tokenizer.eos_token_id,
         }
         _blip2_model(seed, tokenizer, text_config).save_pretrained(out)
 
