@@ -60,6 +60,17 @@ def ours(siglip_models: dict[str, Path]) -> dict[str, ClipModel]:
 TORCH = {"image_runtime": "torch"}
 
 
+def library_text_embeddings(spec: str, name: str, texts: list[str]) -> np.ndarray:
+    """Normalised text embeddings as each library's documentation computes them."""
+    with torch.inference_mode():
+        if name.startswith("open-clip"):
+            model, _, _ = open_clip.create_model_and_transforms(spec)
+            return model.encode_text(open_clip.get_tokenizer(spec)(texts), normalize=True).numpy()
+        model, processor = AutoModel.from_pretrained(spec), AutoProcessor.from_pretrained(spec)
+        inputs = processor(text=texts, padding="max_length", max_length=64, return_tensors="pt")
+        return normalized(model.get_text_features(**inputs).pooler_output.numpy())
+
+
 def library_outputs(spec: str, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image and text embeddings (normalised) and the sigmoid probabilities per image, as
     each library's documentation computes them."""
@@ -231,7 +242,9 @@ def small_label_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("name", ["open-clip-siglip", "hf-siglip2"])
-def test_interrogation_runs_on_siglip_tables(ours, small_label_data, tmp_path, name) -> None:
+def test_interrogation_runs_on_siglip_tables(
+    siglip_models, ours, small_label_data, tmp_path, name
+) -> None:
     """Label tables are made by (and filed under) this model; interrogation ranks them by
     cosine, as clip-interrogator does: the sigmoid is monotonic in the cosine, so the order
     is the model's own either way."""
@@ -261,6 +274,11 @@ def test_interrogation_runs_on_siglip_tables(ours, small_label_data, tmp_path, n
     for path in files:
         with safe_open(path, framework="np") as f:
             assert f.metadata()["model_key"] == model.spec.raw
+    # The tables hold this model's own text embeddings (float16, as clip-interrogator's).
+    flavors = tables["flavors"]
+    labels = list(flavors.table.labels)
+    expected = library_text_embeddings(spec_of(siglip_models, name), name, labels)
+    np.testing.assert_allclose(normalized(flavors.embeds), expected, atol=2e-3)
     for table, ranked in analysis.items():
         embedded = tables[table]
         probabilities, _ = rank(features[None], embedded.embeds, model.scoring)
