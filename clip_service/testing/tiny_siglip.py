@@ -19,11 +19,12 @@ What is real and what is a stand-in:
 * transformers: ``SiglipModel`` + ``SiglipImageProcessor`` (fixed 224 px squash) and
   ``Siglip2Model`` + ``Siglip2ImageProcessor`` (variable patch grid, padded to
   ``max_num_patches``), as ``save_pretrained`` writes them.
-* tokenizers: SentencePiece-style unigram tokenizers built with ``tokenizers`` over a few
-  hundred English words (the real SentencePiece/Gemma vocabularies are not available
-  offline), with the real models' special tokens: SigLIP ends every text with ``</s>`` and
-  pads with it; SigLIP 2 (Gemma) ends it with ``<eos>`` and pads with ``<pad>``. Saved as a
-  fast tokenizer (``tokenizer.json``), which needs no ``sentencepiece``.
+* tokenizers: small stand-ins over a few hundred English words (the real SentencePiece and
+  Gemma vocabularies are not available offline), saved as ``tokenizer.json`` (no
+  ``sentencepiece`` needed). SigLIP's is a T5-style unigram model that ends every text with
+  ``</s>`` and pads with it; SigLIP 2's is built by the real classes (``GemmaTokenizer``
+  for open_clip, transformers' lower-casing ``Siglip2Tokenizer``) over a small BPE, with
+  their own defaults (``<bos>`` first, ``<pad>`` on the left).
 
 ``logit_scale`` / ``logit_bias`` are set to log(10) / -1 rather than SigLIP's initial
 log(10) / -10, so random models' sigmoid probabilities spread over (0, 1) instead of all
