@@ -2,8 +2,8 @@
 
 The counterpart of :mod:`clip_service.testing.tiny_models` for the sigmoid-scored family:
 each directory is what the real checkpoints ship (``timm/ViT-B-16-SigLIP*`` for open_clip,
-``google/siglip-*`` and ``google/siglip2-*`` for transformers), written offline in about a
-second, and loaded through the same public calls users' models go through
+``google/siglip-*`` and ``google/siglip2-*`` for transformers), written offline in seconds,
+and loaded through the same public calls users' models go through
 (``open_clip.create_model_and_transforms("local-dir:...")``, ``AutoModel`` /
 ``AutoProcessor.from_pretrained(dir)``).
 
