@@ -65,7 +65,7 @@ class Scripted:
         self.in_flight = self.most_in_flight = 0
         self.stop_after = stop_after
 
-    async def describe(self, data: bytes, name: str) -> Described:
+    async def describe(self, data: bytes) -> Described:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -201,9 +201,9 @@ def test_the_server_target_sends_base64_retries_when_told_and_skips_refused_imag
 
     async def calls() -> tuple[Described, Exception]:
         await target.check()
-        described = await target.describe(b"png bytes", "a.png")
+        described = await target.describe(b"png bytes")
         with pytest.raises(Skip) as refused:
-            await target.describe(b"bad", "b.png")
+            await target.describe(b"bad")
         await target.close()
         return described, refused.value
 
@@ -222,7 +222,7 @@ def test_the_caption_route_gets_the_detail_and_a_refused_key_stops_the_run() -> 
     transport = scripted_server(answers, sent)
     target = ServerTarget("http://server:3000", "caption", detail="detailed", transport=transport)
     with pytest.raises(BulkEncodeError, match="/caption: the server answered 401: authorization"):
-        asyncio.run(target.describe(b"png", "a.png"))
+        asyncio.run(target.describe(b"png"))
     assert json.loads(sent[0].content)["caption_detail"] == "detailed"
     assert "authorization" not in sent[0].headers
 

@@ -38,7 +38,7 @@ class Result:
 class Target(Protocol):
     """A server or this process: image bytes in, a caption (or prompt) out."""
 
-    async def describe(self, data: bytes, name: str) -> Result:
+    async def describe(self, data: bytes) -> Result:
         """Raises :class:`Skip` for a bad image, :class:`BulkEncodeError` to stop the run."""
         ...
 
@@ -196,7 +196,7 @@ async def caption_dir(
             for name in queue:  # shared: each name is taken by one worker
                 try:
                     data = await asyncio.to_thread((root / name).read_bytes)
-                    result = await target.describe(data, name)
+                    result = await target.describe(data)
                 except (Skip, OSError) as exc:
                     skipped(name, str(exc))
                 else:

@@ -69,7 +69,7 @@ class ServerTarget:
                 f"offers {', '.join(map(repr, offered)) or 'no levels'}"
             )
 
-    async def describe(self, data: bytes, name: str) -> Result:
+    async def describe(self, data: bytes) -> Result:
         body = {"image": {"img_blob": base64.b64encode(data).decode()}, **self.options}
         answer = (await self._call("POST", self.route, json=body)).json()
         return Result(caption=answer["caption"], prompt=answer.get("prompt"))
@@ -152,22 +152,24 @@ class InProcess:
                     raise BulkEncodeError(f"label tables in {s.label_cache_dir}: {status.error}")
                 await asyncio.sleep(0.2)
 
-    async def describe(self, data: bytes, name: str) -> Result:
+    async def describe(self, data: bytes) -> Result:
         if self.captions is None:
             raise RuntimeError("start() the in-process target first")
-        caption_pixels, clip_pixels = await asyncio.to_thread(self._pixels, data, name)
+        caption_pixels, clip_pixels = await asyncio.to_thread(self._pixels, data)
         caption = ""
         if caption_pixels is not None:
             caption = (await self.captions.caption(caption_pixels[None]))[0]
         if self.engine is None or clip_pixels is None:
             return Result(caption=caption)
         features = (await self.engine.encode_images(clip_pixels[None]))[0]
-        request = PromptRequest(mode=Mode(self.mode), caption=caption or None)
+        # As the entry hands it on: generated (even if empty), or none in negative mode.
+        given = None if caption_pixels is None else caption
+        request = PromptRequest(mode=Mode(self.mode), caption=given)
         answer = await self.engine.search_prompt(features, request, wait_s=0)
         assert answer.prompt is not None  # the tables were ready before the first image
         return Result(caption=caption, prompt=answer.prompt)
 
-    def _pixels(self, data: bytes, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def _pixels(self, data: bytes) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Decoded with the server's checks; each model's input pixels."""
         try:
             image = decode_image(data, "image", max_pixels=self.settings.max_image_pixels)
