@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,7 +24,16 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.conftest import SEARCH_MAX_BODY, SEARCH_MAX_ITEMS, b64, image_bytes, make_image
+from clip_service.testing.tiny_captioners import make_florence2
+from clip_service.testing.tiny_siglip import make_open_clip_siglip
+from tests.conftest import (
+    SEARCH_MAX_BODY,
+    SEARCH_MAX_ITEMS,
+    b64,
+    image_bytes,
+    make_image,
+    served,
+)
 
 pytestmark = pytest.mark.served
 
@@ -381,3 +391,56 @@ def search_results(browser: WebDriver, wait: bool = True) -> list[tuple[str, str
         (rank, name, float(probability.removesuffix(" %")) / 100, float(cosine))
         for rank, name, probability, cosine in cards()
     ]
+
+
+@pytest.fixture(scope="module")
+def siglip_florence_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server of a tiny SigLIP (open_clip format) with a tiny Florence-2 captioner."""
+    models = tmp_path_factory.mktemp("siglip-florence")
+    home = tmp_path_factory.mktemp("bentoml-siglip-florence")
+    env = {
+        "CLIP_MODEL": f"local-dir:{make_open_clip_siglip(models / 'siglip')}",
+        "CAPTION_MODEL": str(make_florence2(models / "florence-2")),
+        "LABEL_CACHE_DIR": str(home / "label-cache"),
+    }
+    with served(home, **env) as url:
+        yield url
+
+
+def test_caption_detail_levels_and_sigmoid_scores(browser, siglip_florence_url, picture):
+    """The page offers the captioner's detail levels and sends the one chosen; with SigLIP
+    it shows the model's own sigmoid scores, named as such (they need not sum to 100 %)."""
+    url = siglip_florence_url
+    browser.get(f"{url}/ui/")
+    wait_text(browser, "#model-info", lambda text: "sigmoid scores (SigLIP)" in text)
+    assert browser.find_element(By.ID, "caption-title").text == "Caption (florence-2)"
+    detail = Select(browser.find_element(By.ID, "caption-detail"))
+    assert [o.get_attribute("value") for o in detail.options] == [
+        "brief",
+        "detailed",
+        "more_detailed",
+    ]
+    browser.find_element(By.ID, "image-file").send_keys(str(picture))
+    wait_for(browser, lambda: browser.find_element(By.ID, "preview").is_displayed())
+    item = {"img_blob": b64(picture.read_bytes())}
+    for level in ("more_detailed", "brief"):
+        detail.select_by_value(level)
+        click(browser, "#describe-form button[value=caption]")
+        expected = httpx.post(
+            f"{url}/caption", json={"image": item, "caption_detail": level}, timeout=120
+        ).json()["caption"]
+        # As the page renders it: runs of white space as one (the tiny model's words).
+        shown = " ".join(expected.split())
+        wait_text(browser, "#caption-output", lambda text, e=shown: " ".join(text.split()) == e)
+
+    labels = browser.find_element(By.ID, "labels")
+    labels.clear()
+    labels.send_keys("cat, dog\ncar")
+    click(browser, "#classify-form button")
+    rows = wait_rows(browser, "#classify-output", 3)
+    header = browser.find_element(By.CSS_SELECTOR, "#classify-output th.score").text
+    assert header == "sigmoid score (each label alone)"
+    body = {"image": item, "labels": ["cat", "dog", "car"], "template": "a photo of a {}"}
+    scores = httpx.post(f"{url}/classify", json=body, timeout=60).json()["scores"]
+    served_scores = {s["label"]: round(s["probability"] * 100, 1) for s in scores}
+    assert {row[0]: row[1] for row in rows} == served_scores

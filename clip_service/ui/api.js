@@ -45,23 +45,32 @@ export class ClipClient {
     this.askForKey = askForKey;
   }
 
-  /** GET /model: the served model, its backend, device, embedding size and batching. */
+  /**
+   * GET /model: the served model, its backend, device, embedding size, scoring rule
+   * ("softmax" for CLIP, "sigmoid" for SigLIP), batching, and its captioner's detail levels.
+   */
   model() {
     return this.#call("GET", "model");
   }
 
-  /** POST /caption: `{caption}`, the BLIP caption of an image item. */
-  caption(image) {
-    return this.#call("POST", "caption", { image });
+  /**
+   * POST /caption: `{caption}`, the caption of an image item.
+   * @param {string | null} detail a `caption_detail` of GET /model's
+   *   `interrogation.captioner.caption_details` (Florence-2), or null for the default
+   */
+  caption(image, detail = null) {
+    return this.#call("POST", "caption", { image, ...(detail && { caption_detail: detail }) });
   }
 
   /**
    * POST /interrogate: `{prompt, caption, mode}`, a clip-interrogator prompt.
    * @param {object} image an image item, `{img_blob}` or `{img_uri}`
    * @param {"best" | "classic" | "fast" | "negative"} mode
+   * @param {string | null} detail the caption's `caption_detail`, as for `caption`
    */
-  interrogate(image, mode = "best") {
-    return this.#call("POST", "interrogate", { image, mode });
+  interrogate(image, mode = "best", detail = null) {
+    const body = { image, mode, ...(detail && { caption_detail: detail }) };
+    return this.#call("POST", "interrogate", body);
   }
 
   /**

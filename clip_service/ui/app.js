@@ -30,6 +30,8 @@ let image = null;
 let searchImages = [];
 /** Counts choices of search images, so that a slow read of an older choice is dropped. */
 let searchChoice = 0;
+/** The served model's scoring rule (GET /model): "softmax" (CLIP) or "sigmoid" (SigLIP). */
+let scoring = "softmax";
 
 showModel();
 setUpDropZone($("#drop-zone"), $("#image-file"), (files) => useFile(files[0]));
@@ -79,15 +81,28 @@ async function showModel() {
   try {
     const info = await api.model();
     const interrogation = info.interrogation;
+    scoring = info.scoring;
+    const rule = scoring === "sigmoid" ? ", sigmoid scores (SigLIP)" : "";
     $("#model-info").textContent =
       `Model ${info.spec} (${info.backend}, ${info.embedding_size}-d, ` +
-      `${info.device} ${info.dtype})` +
+      `${info.device} ${info.dtype}${rule})` +
       (interrogation ? `, captions by ${interrogation.caption_model}` : ", CLIP only");
     // A CLIP-only server (CAPTION_MODEL=none) has no captions or prompts: hide that part.
     $("#describe-section").hidden = !interrogation;
+    if (interrogation) showCaptioner(interrogation.captioner);
   } catch (error) {
     $("#model-info").textContent = error.message;
   }
+}
+
+/** The captioner's family in the caption's title, and its detail levels, if it has any. */
+function showCaptioner({ family, caption_details: details }) {
+  $("#caption-title").textContent = `Caption (${family})`;
+  const select = $("#caption-detail");
+  select.replaceChildren(
+    ...details.map((detail) => new Option(detail.replaceAll("_", " "), detail)),
+  );
+  $("#detail-choice").hidden = details.length === 0;
 }
 
 /** A file input inside its drop zone (the zone is the input's label): either gives files. */
@@ -157,11 +172,12 @@ async function onSubmit(event, action) {
 
 /** Caption or interrogate, by the button that was pressed. */
 async function describe(form, submitter) {
+  const detail = $("#detail-choice").hidden ? null : form.caption_detail.value;
   if (submitter.value === "caption") {
-    setText($("#caption-output"), (await api.caption(image)).caption);
+    setText($("#caption-output"), (await api.caption(image, detail)).caption);
     return;
   }
-  const answer = await api.interrogate(image, form.mode.value);
+  const answer = await api.interrogate(image, form.mode.value, detail);
   setText($("#caption-output"), answer.caption || "none (negative mode uses no caption)", !answer.caption);
   setText($("#prompt-output"), answer.prompt);
 }
@@ -339,7 +355,9 @@ function thumbnail(chosen) {
 }
 
 /**
- * A table of labels with their probability (bar from 0 to 100 %) and cosine similarity
+ * A table of labels with their probability (bar from 0 to 100 %) and cosine similarity.
+ * With SigLIP the model scores each label on its own (sigmoid of scale x cosine + bias):
+ * the column says so, and its scores need not sum to 100 %.
  * (bar from the centre, scaled to the largest |cosine| in the table: real CLIP image-text
  * cosines are small, about 0.2 to 0.35, and their order is what matters).
  */
@@ -350,8 +368,10 @@ function scoreTable(caption, rows) {
   table.innerHTML =
     "<caption></caption><colgroup><col class='label'><col><col></colgroup>" +
     "<thead><tr><th scope='col'>label</th>" +
-    "<th scope='col'>probability</th><th scope='col'>cosine</th></tr></thead><tbody></tbody>";
+    "<th scope='col' class='score'></th><th scope='col'>cosine</th></tr></thead><tbody></tbody>";
   table.caption.textContent = caption;
+  table.querySelector("th.score").textContent =
+    scoring === "sigmoid" ? "sigmoid score (each label alone)" : "probability";
   for (const row of rows) {
     const tr = table.tBodies[0].insertRow();
     const label = document.createElement("th");
