@@ -6,9 +6,10 @@ them together, verbatim, behind a short introduction, so the documentation never
 second, hand-copied set of numbers. It only changes heading levels (each file becomes one
 section) and adds, per file, the script that writes it and a note where the file records a
 setting that the current code does not have, or a batching value that is not the current
-default (read from clip_service/settings.py, without importing it). A file committed before
-the last change to the code it measures (the serving code, the lock, its script) is marked
-stale, with the commit it was measured at, until its script is run again.
+default (read from clip_service/settings.py, without importing it). The page shows only
+figures of the current code: a file committed before the last change to the code it measures
+(the serving code, the lock, its script) is stale, and is listed with the commit it was
+measured at, its figures left out, until its script is run again.
 
     python benchmarks/render_docs.py            # writes docs/performance.md
     python benchmarks/render_docs.py --check    # exit 1 if docs/performance.md is stale
@@ -49,11 +50,24 @@ class Source:
 # In reading order. Results files not listed here are appended after these, by name.
 KNOWN = (
     Source(
+        "profile_served.md",
+        "benchmarks/profile_served.py",
+        "Where the served path's CPU goes for one-text and one-image requests: CPU per "
+        "request in the entry and the encoder (psutil), and py-spy's samples of each by layer "
+        "(HTTP, middleware, validation, the hop, the scheduler, the model) and by function.",
+    ),
+    Source(
         "serving_throughput.md",
         "benchmarks/serving_throughput.py",
         "Throughput and latency at 1 to 64 closed-loop clients: this service (`/vectorize`, "
         "`/encode`) against the in-process model loop (the ceiling), a naive Flask server "
         "(one request, one forward pass) and infinity-emb 0.0.78, on the same weights.",
+    ),
+    Source(
+        "caption_dir.md",
+        "benchmarks/caption_dir.py",
+        "`clip-service caption-dir` on a folder of images against the server's own "
+        "captioning rate at the same concurrency (the load generator on the same images).",
     ),
     Source(
         "serving_core.md",
@@ -270,8 +284,7 @@ def section(path: Path, source: Source | None, defaults: dict[str, object]) -> s
         written = "not described by benchmarks/render_docs.py yet"
     intro.append(f"Source: [`{relative}`](../{relative}), {written}.")
     intro.append("")
-    stale = staleness(path, source.script if source else None)
-    for note in [*([stale] if stale else []), *notes("\n".join(lines), defaults)]:
+    for note in notes("\n".join(lines), defaults):
         intro.append(
             textwrap.fill(f"Note: {note}", width=92, initial_indent="> ", subsequent_indent="> ")
         )
@@ -281,16 +294,22 @@ def section(path: Path, source: Source | None, defaults: dict[str, object]) -> s
     return "\n".join(intro + body) + "\n"
 
 
-def render(results: Path = RESULTS) -> str:
+def render(results: Path = RESULTS, repo: Path = REPO) -> str:
     defaults = settings_defaults()
     files = {path.name: path for path in sorted(results.glob("*.md"))}
     known = {source.name: source for source in KNOWN}
     ordered = [name for name in known if name in files]
     ordered += [name for name in files if name not in known]
     missing = [source for source in KNOWN if source.name not in files]
+    stale = {}
+    for name in ordered:
+        source = known.get(name)
+        if note := staleness(files[name], source.script if source else None, repo):
+            stale[name] = note
+    ordered = [name for name in ordered if name not in stale]
 
     parts = [HEADER]
-    if ordered:
+    if files:
         index = ["## Results", ""]
         for name in ordered:
             index.append(f"- [`{name}`](#{_anchor(_title(files[name]))})")
@@ -299,6 +318,14 @@ def render(results: Path = RESULTS) -> str:
             index.append("Not run yet (no results file):")
             index.append("")
             index += [f"- `{source.script}` ({source.name})" for source in missing]
+        if stale:
+            index += [
+                "",
+                "Not run again since the code they measure changed (their figures,",
+                "in `benchmarks/results/`, are left out of this page):",
+                "",
+            ]
+            index += [f"- `{name}`: {note[len('stale: ') :]}" for name, note in stale.items()]
         parts.append("\n".join(index) + "\n")
     parts += [section(files[name], known.get(name), defaults) for name in ordered]
     parts.append(FOOTER)

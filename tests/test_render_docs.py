@@ -54,3 +54,17 @@ def test_results_committed_before_a_code_change_are_stale_until_run_again(tmp_pa
     assert render_docs.staleness(results, "benchmarks/x.py", tmp_path) is None
     commit(tmp_path, "the serving code changes", {"clip_service/a.py": "2"})
     assert render_docs.staleness(results, "benchmarks/x.py", tmp_path) is not None
+
+
+def test_stale_results_are_listed_without_their_figures(tmp_path) -> None:
+    git(tmp_path, "init", "-q")
+    results = tmp_path / "benchmarks" / "results"
+    commit(tmp_path, "code", {"clip_service/a.py": "1", "benchmarks/serving_core.py": "1"})
+    commit(
+        tmp_path, "measured", {"benchmarks/results/serving_core.md": "## Core\n\n- rate: 4242/s\n"}
+    )
+    assert "4242/s" in render_docs.render(results, tmp_path)
+    commit(tmp_path, "the serving code changes", {"clip_service/a.py": "2"})
+    page = render_docs.render(results, tmp_path)
+    assert "4242/s" not in page
+    assert "- `serving_core.md`: measured at commit " in page
