@@ -56,12 +56,15 @@ def test_model_service_batches_are_measured(open_clip_url):
     assert items == 32 and 1 <= batches < 32, f"{items} images in {batches} batches"
     assert delta("clip_service_batch_duration_seconds_count", **ENCODE_IMAGES) == batches
     assert 0 < delta("clip_service_batch_duration_seconds_sum", **ENCODE_IMAGES) < 120
-    # One queue wait per request; a burst on a 2-core machine queues for ms to seconds.
-    assert delta("clip_service_queue_wait_seconds_count", **ENCODE_IMAGES) == 32
+    # One queue wait per call to the encoder: the entry joins the requests that arrive while
+    # its call is in flight (server/coalescing.py), so a burst of 32 makes a few calls. A
+    # burst on a 2-core machine queues for ms to seconds.
+    calls = delta("clip_service_queue_wait_seconds_count", **ENCODE_IMAGES)
+    assert 1 <= calls <= 32
     waits = delta("clip_service_queue_wait_seconds_sum", **ENCODE_IMAGES)
-    assert 0 < waits / 32 < 60
+    assert 0 < waits / calls < 60
     bucket = "clip_service_queue_wait_seconds_bucket"
-    assert delta(bucket, **ENCODE_IMAGES, le="+Inf") == 32
+    assert delta(bucket, **ENCODE_IMAGES, le="+Inf") == calls
     # The autoscaling signal, summed over the live workers: nothing waits once all answered.
     depth = (
         "clip_service_queue_depth",

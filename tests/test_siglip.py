@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from clip_service.models.ranking import rank
 from clip_service.models.specs import parse_clip_spec
 from clip_service.testing.images import image_bytes, make_image
 from clip_service.testing.tiny_siglip import make_all_siglip
-from tests.conftest import b64
+from tests.conftest import REPO, b64
 
 FORMATS = ("open-clip-siglip", "open-clip-siglip2", "hf-siglip", "hf-siglip2")
 TEXTS = ["a photo of a cat", "A DOG on the beach!", "zebra", "qqq xyzzy, 42"]
@@ -147,6 +149,27 @@ def test_other_transformers_models_are_refused_naming_the_served_ones(tmp_path) 
         load_clip_model(parse_clip_spec(str(tmp_path)), "cpu", **TORCH)
 
 
+# The entry service in process reads its settings when service.py is first imported and
+# registers BentoML's metrics once per process: another module's in-process app (test_http)
+# would have fixed both, so the tests on it run in a pytest of their own.
+OWN_PROCESS = "CLIP_SERVICE_SIGLIP_ENTRY_TESTS"
+ENTRY_TESTS = (
+    "test_model_route_says_which_rule",
+    "test_rank_and_classify_answer_the_models_own_probabilities",
+)
+in_own_process = pytest.mark.skipif(
+    os.environ.get(OWN_PROCESS) != "1", reason="run by test_entry_routes_in_a_process_of_their_own"
+)
+
+
+def test_entry_routes_in_a_process_of_their_own() -> None:
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    command += [f"{Path(__file__).relative_to(REPO)}::{name}" for name in ENTRY_TESTS]
+    env = {**os.environ, OWN_PROCESS: "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and "2 passed" in result.stdout, result.stdout[-4000:]
+
+
 @pytest.fixture(scope="module")
 def client(siglip_models, tmp_path_factory) -> Iterator[TestClient]:
     """The entry service in process on the open_clip SigLIP model, CLIP only."""
@@ -177,11 +200,13 @@ def client(siglip_models, tmp_path_factory) -> Iterator[TestClient]:
         torch.set_num_threads(saved_threads)
 
 
+@in_own_process
 def test_model_route_says_which_rule(client: TestClient) -> None:
     model = client.get("/model").json()
     assert (model["scoring"], model["logit_bias"]) == ("sigmoid", pytest.approx(-1.0))
 
 
+@in_own_process
 def test_rank_and_classify_answer_the_models_own_probabilities(
     client: TestClient, siglip_models
 ) -> None:
