@@ -19,12 +19,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from safetensors import safe_open
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.remote.webdriver import WebDriver
+from starlette.testclient import TestClient
 
 from clip_service.interrogation.labels import TABLE_NAMES
 from clip_service.testing.images import image_bytes, make_image
@@ -93,6 +95,27 @@ def serve_env(tmp_home: Path, **env: str) -> dict[str, str]:
         "CUSTOM_TABLES_DIR": str(tmp_home / "label-lists"),
         **env,
     }
+
+
+@contextmanager
+def in_process_entry(env: dict[str, str]) -> Iterator[TestClient]:
+    """The entry service (``ClipApi``) in this process with ``env`` set, its lifespan run.
+    service.py reads its settings when first imported: one such app per test process."""
+    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
+    os.environ.update(env)
+    from clip_service.settings import get_settings
+
+    get_settings.cache_clear()
+    from service import ClipApi
+
+    try:
+        with TestClient(ClipApi.to_asgi()) as test_client:
+            yield test_client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        get_settings.cache_clear()
+        torch.set_num_threads(saved_threads)  # the entry sets one thread for itself
 
 
 @contextmanager

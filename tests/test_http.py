@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from starlette.testclient import TestClient
 
 from clip_service.server.openai_embeddings import TOKEN_ARRAYS
-from tests.conftest import b64, image_bytes, make_image
+from tests.conftest import b64, image_bytes, in_process_entry, make_image
 
 PNG = image_bytes(make_image(1, (64, 48)))
 
@@ -39,25 +38,12 @@ def client(tiny_models, tmp_path_factory) -> Iterator[TestClient]:
         "MAX_CUSTOM_TABLES": "3",
         "HF_HUB_OFFLINE": "1",
     }
-    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
-    os.environ.update(env)
-    from clip_service.settings import get_settings
-
-    get_settings.cache_clear()
     import bentoml
 
-    from service import ClipApi
-
-    try:
-        with TestClient(ClipApi.to_asgi()) as test_client:
-            encoder = bentoml.get_current_service().encoder
-            test_client.portal.call(encoder.start_label_tables)  # on the app's event loop
-            yield test_client
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        get_settings.cache_clear()
-        torch.set_num_threads(saved_threads)  # the entry sets one thread for itself
+    with in_process_entry(env) as test_client:
+        encoder = bentoml.get_current_service().encoder
+        test_client.portal.call(encoder.start_label_tables)  # on the app's event loop
+        yield test_client
 
 
 def error(response) -> str:

@@ -32,7 +32,7 @@ from clip_service.models.ranking import rank
 from clip_service.models.specs import parse_clip_spec
 from clip_service.testing.images import image_bytes, make_image
 from clip_service.testing.tiny_siglip import make_all_siglip
-from tests.conftest import REPO, b64
+from tests.conftest import REPO, b64, in_process_entry
 
 FORMATS = ("open-clip-siglip", "open-clip-siglip2", "hf-siglip", "hf-siglip2")
 TEXTS = ["a photo of a cat", "A DOG on the beach!", "zebra", "qqq xyzzy, 42"]
@@ -183,21 +183,8 @@ def client(siglip_models, tmp_path_factory) -> Iterator[TestClient]:
         "CUSTOM_TABLES_DIR": str(home / "label-lists"),
         "HF_HUB_OFFLINE": "1",
     }
-    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
-    os.environ.update(env)
-    from clip_service.settings import get_settings
-
-    get_settings.cache_clear()
-    from service import ClipApi
-
-    try:
-        with TestClient(ClipApi.to_asgi()) as test_client:
-            yield test_client
-    finally:
-        os.environ.clear()
-        os.environ.update(saved_env)
-        get_settings.cache_clear()
-        torch.set_num_threads(saved_threads)
+    with in_process_entry(env) as test_client:
+        yield test_client
 
 
 @in_own_process
